@@ -1,0 +1,69 @@
+/**
+ * Byte transports. plexus's byte transport is the `effect/socket` `Socket`:
+ * every transport (memory, TCP, TLS, WebSocket, a session stream) presents
+ * one, so code written for a Socket runs over any of them.
+ *
+ * This module holds the conventions every plexus Socket follows, and helpers
+ * to read them: a clean end of stream (FIN, or a normal close) fails the
+ * reader with `SocketCloseError` code 1000; an abrupt end (reset, abort,
+ * crash) with code 1006 and the cause in `closeReason`.
+ *
+ * @since 0.1.0
+ */
+import * as Socket from "effect/socket/Socket"
+import { DelineationError, MessageTooLarge } from "./DelineationError.ts"
+
+/**
+ * The close code of a clean end of stream.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const CLOSE_NORMAL = 1000
+
+/**
+ * The close code of an abrupt end: reset, abort, peer crash.
+ *
+ * @category constants
+ * @since 0.1.0
+ */
+export const CLOSE_ABNORMAL = 1006
+
+/**
+ * The SocketError of a clean end of stream.
+ *
+ * @category errors
+ * @since 0.1.0
+ */
+export const closedError = (code: number = CLOSE_NORMAL, closeReason?: string | undefined): Socket.SocketError =>
+  new Socket.SocketError({ reason: new Socket.SocketCloseError({ code, closeReason }) })
+
+/**
+ * Whether an error is a clean end of stream (close code 1000).
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isCleanClose = (u: unknown): boolean =>
+  Socket.isSocketError(u) && u.reason._tag === "SocketCloseError" && u.reason.code === CLOSE_NORMAL
+
+/**
+ * Whether an error is an abrupt end of the connection: a close with a code
+ * other than 1000, or a read/write failure.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isAbruptClose = (u: unknown): boolean =>
+  Socket.isSocketError(u) &&
+  ((u.reason._tag === "SocketCloseError" && u.reason.code !== CLOSE_NORMAL) ||
+    u.reason._tag === "SocketReadError" || u.reason._tag === "SocketWriteError")
+
+const encoder = new TextEncoder()
+
+/** @internal */
+export const encodeText = (text: string): Uint8Array => encoder.encode(text)
+
+/** @internal */
+export const tooLarge = (size: number, max: number) =>
+  new DelineationError({ reason: new MessageTooLarge({ size, max }) })

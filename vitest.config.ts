@@ -1,0 +1,14 @@
+import { defineConfig } from "vitest/config"
+
+const pkg = (name: string) => ({
+  extends: true as const,
+  test: { name, root: `./packages/${name}`, include: ["test/**/*.test.ts"] }
+})
+
+export default defineConfig({
+  test: {
+    testTimeout: 60_000,
+    hookTimeout: 30_000,
+    projects: [pkg("core"), pkg("transport-tcp"), pkg("transport-ws"), pkg("kcm"), pkg("rpc")]
+  }
+})
