@@ -8,7 +8,9 @@ const pkg = (name: string) => ({
 export default defineConfig({
   test: {
     testTimeout: 60_000,
+    passWithNoTests: true,
     hookTimeout: 30_000,
+    reporters: ["default", "./.ci/SummaryReporter.ts"],
     projects: [pkg("core"), pkg("transport-tcp"), pkg("transport-ws"), pkg("kcm"), pkg("rpc")]
   }
 })

@@ -20,7 +20,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Predicate from "effect/Predicate"
 import type * as Pull from "effect/Pull"
-import type * as Scope from "effect/Scope"
+import * as Exit from "effect/Exit"
+import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
 import * as Stream from "effect/Stream"
 import type { Delineation } from "./Delineation.ts"
@@ -79,7 +80,9 @@ export interface MessageTransport<E = MessageTransportError> {
   readonly messages: Stream.Stream<Uint8Array, E>
   /**
    * Ends the sending side: the peer's stream of messages ends after the
-   * messages already sent. Idempotent.
+   * messages already sent, while messages from the peer keep arriving where
+   * the transport can half-close (a byte stream); over a WebSocket it starts
+   * the closing handshake. Idempotent.
    */
   readonly close: Effect.Effect<void>
 }
@@ -129,7 +132,10 @@ export const fromSocket = (
 ): Effect.Effect<MessageTransport, Socket.SocketError, Scope.Scope> =>
   Effect.gen(function*() {
     const reader = yield* socket.reader
-    const writer = yield* socket.writer
+    // The writer lives in a scope of its own so that `close` can release it
+    // alone: a half-close, while messages from the peer keep arriving.
+    const writeScope = yield* Scope.fork(yield* Effect.scope)
+    const writer = yield* Scope.provide(socket.writer, writeScope)
     const decoder = delineation.decoder()
     const timeout = delineation.partialTimeout === undefined
       ? undefined
@@ -214,7 +220,7 @@ export const fromSocket = (
     const close = Effect.suspend(() => {
       if (closed) return Effect.void
       closed = true
-      return Effect.ignore(writer.write(new Socket.CloseEvent(1000)))
+      return Scope.close(writeScope, Exit.void)
     })
 
     return make({ send, sendAll, pull, close })

@@ -1,0 +1,12 @@
+/**
+ * @plexus/core: transport-agnostic building blocks. Byte transports (the
+ * `effect/socket` Socket), message transports, delineation, in-memory
+ * transports with fault injection, and their typed errors.
+ *
+ * @since 0.1.0
+ */
+export * as Delineation from "./Delineation.ts"
+export * as DelineationError from "./DelineationError.ts"
+export * as Memory from "./Memory.ts"
+export * as MessageTransport from "./MessageTransport.ts"
+export * as Transport from "./Transport.ts"
