@@ -198,59 +198,8 @@ export const lengthPrefix = (options?: LengthPrefixOptions): Delineation => {
   const max = common.maxMessageSize
   const fieldMax = fieldLength === 8 ? Number.MAX_SAFE_INTEGER : 2 ** (fieldLength * 8) - 1
   const base = adjustment + (includesHeader ? 0 : headerSize)
-  let failure: DelineationErrorReason | undefined
-
-  // The frame length declared at `at`, or -1 with `failure` set.
-  const measure = (buf: Uint8Array, at: number): number => {
-    const p = at + offset
-    let value: number
-    switch (fieldLength) {
-      case 1:
-        value = buf[p]
-        break
-      case 2:
-        value = littleEndian ? buf[p] | (buf[p + 1] << 8) : (buf[p] << 8) | buf[p + 1]
-        break
-      case 4:
-        value = littleEndian
-          ? (buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)) >>> 0
-          : ((buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]) >>> 0
-        break
-      default: {
-        const lo = littleEndian
-          ? (buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)) >>> 0
-          : ((buf[p + 4] << 24) | (buf[p + 5] << 16) | (buf[p + 6] << 8) | buf[p + 7]) >>> 0
-        const hi = littleEndian
-          ? (buf[p + 4] | (buf[p + 5] << 8) | (buf[p + 6] << 16) | (buf[p + 7] << 24)) >>> 0
-          : ((buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]) >>> 0
-        if (hi >= 0x200000) {
-          // Beyond 2^53: no real frame is this long.
-          failure = new MessageTooLarge({ size: hi * 2 ** 32 + lo, max })
-          return -1
-        }
-        value = hi * 2 ** 32 + lo
-      }
-    }
-    const frame = value + base
-    if (frame > max) {
-      failure = new MessageTooLarge({ size: frame, max })
-      return -1
-    }
-    if (frame < headerSize) {
-      failure = new InvalidLength({
-        value: String(value),
-        detail: `frame of ${frame} bytes is shorter than its ${headerSize}-byte header`
-      })
-      return -1
-    }
-    return frame
-  }
-
-  const decoder = (): Decoder =>
-    new FrameDecoder(max, headerSize, strip ? headerSize : 0, (buf, at, available) => {
-      if (available < headerSize) return 0
-      return measure(buf, at)
-    }, () => failure)
+  const layout = new LengthLayout(offset, fieldLength, littleEndian, base, headerSize, max)
+  const decoder = (): Decoder => new FrameDecoder(max, headerSize, strip ? headerSize : 0, layout)
 
   const writeHeader = (target: Uint8Array, at: number, bodyLength: number) => {
     const value = bodyLength + headerSize - base
@@ -277,8 +226,8 @@ export const lengthPrefix = (options?: LengthPrefixOptions): Delineation => {
       if (message.length < headerSize) {
         return fail(new LengthMismatch({ declared: headerSize, actual: message.length }))
       }
-      const declared = measure(message, 0)
-      if (declared < 0) return fail(failure!)
+      const declared = layout.measure(message, 0, message.length)
+      if (declared < 0) return fail(layout.failure!)
       if (declared !== message.length) return fail(new LengthMismatch({ declared, actual: message.length }))
       return declared
     }
@@ -305,6 +254,82 @@ export const lengthPrefix = (options?: LengthPrefixOptions): Delineation => {
     decoder,
     encode: (messages) =>
       coalesce(messages, frameSize, strip ? headerSize : 0, strip ? writeHeader : undefined, undefined)
+  }
+}
+
+/**
+ * Reads a length field. `measure` answers the frame length at `at`, 0 when
+ * fewer than a header's bytes are available, or -1 with `failure` set.
+ * A class, so that the decoder's hot loop calls one monomorphic method.
+ */
+class LengthLayout implements Measure {
+  failure: DelineationErrorReason | undefined = undefined
+  readonly offset: number
+  readonly fieldLength: number
+  readonly littleEndian: boolean
+  readonly base: number
+  readonly headerSize: number
+  readonly max: number
+  constructor(offset: number, fieldLength: number, littleEndian: boolean, base: number, headerSize: number, max: number) {
+    this.offset = offset
+    this.fieldLength = fieldLength
+    this.littleEndian = littleEndian
+    this.base = base
+    this.headerSize = headerSize
+    this.max = max
+  }
+
+  measure(buf: Uint8Array, at: number, available: number): number {
+    if (available < this.headerSize) return 0
+    const p = at + this.offset
+    let value: number
+    if (this.fieldLength === 4 && !this.littleEndian) {
+      value = ((buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]) >>> 0
+    } else {
+      value = this.readOther(buf, p)
+      if (value < 0) return -1
+    }
+    const frame = value + this.base
+    if (frame > this.max) {
+      this.failure = new MessageTooLarge({ size: frame, max: this.max })
+      return -1
+    }
+    if (frame < this.headerSize) {
+      this.failure = new InvalidLength({
+        value: String(value),
+        detail: `frame of ${frame} bytes is shorter than its ${this.headerSize}-byte header`
+      })
+      return -1
+    }
+    return frame
+  }
+
+  private readOther(buf: Uint8Array, p: number): number {
+    const le = this.littleEndian
+    switch (this.fieldLength) {
+      case 1:
+        return buf[p]
+      case 2:
+        return le ? buf[p] | (buf[p + 1] << 8) : (buf[p] << 8) | buf[p + 1]
+      case 4:
+        return le
+          ? (buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)) >>> 0
+          : ((buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]) >>> 0
+      default: {
+        const lo = le
+          ? (buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16) | (buf[p + 3] << 24)) >>> 0
+          : ((buf[p + 4] << 24) | (buf[p + 5] << 16) | (buf[p + 6] << 8) | buf[p + 7]) >>> 0
+        const hi = le
+          ? (buf[p + 4] | (buf[p + 5] << 8) | (buf[p + 6] << 16) | (buf[p + 7] << 24)) >>> 0
+          : ((buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]) >>> 0
+        if (hi >= 0x200000) {
+          // Beyond 2^53: no real frame is this long.
+          this.failure = new MessageTooLarge({ size: hi * 2 ** 32 + lo, max: this.max })
+          return -1
+        }
+        return hi * 2 ** 32 + lo
+      }
+    }
   }
 }
 
@@ -409,11 +434,16 @@ export const custom = (options: CustomOptions): Delineation => {
     return answer
   }
 
-  const decoder = (): Decoder =>
-    new FrameDecoder(max, minBytes, 0, (buf, at, available) => {
+  const measure: Measure = {
+    get failure() {
+      return failure
+    },
+    measure: (buf, at, available) => {
       if (available < minBytes) return 0
       return ask(at === 0 && available === buf.length ? buf : buf.subarray(at, at + available))
-    }, () => failure)
+    }
+  }
+  const decoder = (): Decoder => new FrameDecoder(max, minBytes, 0, measure)
 
   const frame = options.frame
   const frameSize = (message: Uint8Array): number | DelineationError => {
@@ -509,6 +539,15 @@ const indexOf = (buf: Uint8Array, delim: Uint8Array, from: number, to: number): 
 // ---------------------------------------------------------------------------
 
 /**
+ * Measures the frame at `at` from `available` bytes: its length, 0 for
+ * "need more", or -1 with `failure` recorded.
+ */
+interface Measure {
+  readonly failure: DelineationErrorReason | undefined
+  measure(buf: Uint8Array, at: number, available: number): number
+}
+
+/**
  * Growable holding area for the one message in progress. It grows with the
  * bytes that arrived: doubling, and straight to `cap` (the frame's known
  * length, or the maximum) once that is within 4x of what is held. Memory
@@ -541,8 +580,7 @@ const EMPTY = new Uint8Array(0)
 
 /**
  * Decoder for kinds that learn a frame's length from its first bytes
- * (length prefix and custom parser). `measure(buf, at, available)` answers
- * the frame length, 0 for "need more", or -1 with the failure recorded.
+ * (length prefix and custom parser), through a `Measure`.
  */
 class FrameDecoder implements Decoder {
   private readonly acc = new Accumulator()
@@ -551,20 +589,12 @@ class FrameDecoder implements Decoder {
   private readonly max: number
   private readonly headerHint: number
   private readonly strip: number
-  private readonly measure: (buf: Uint8Array, at: number, available: number) => number
-  private readonly lastFailure: () => DelineationErrorReason | undefined
-  constructor(
-    max: number,
-    headerHint: number,
-    strip: number,
-    measure: (buf: Uint8Array, at: number, available: number) => number,
-    lastFailure: () => DelineationErrorReason | undefined
-  ) {
+  private readonly layout: Measure
+  constructor(max: number, headerHint: number, strip: number, layout: Measure) {
     this.max = max
     this.headerHint = headerHint
     this.strip = strip
-    this.measure = measure
-    this.lastFailure = lastFailure
+    this.layout = layout
   }
 
   get partial(): boolean {
@@ -580,7 +610,7 @@ class FrameDecoder implements Decoder {
   }
 
   private failed(): DelineationError {
-    this.error = fail(this.lastFailure()!)
+    this.error = fail(this.layout.failure!)
     this.acc.take()
     return this.error
   }
@@ -599,7 +629,7 @@ class FrameDecoder implements Decoder {
         const take = Math.min(want, n - pos, this.max + 1 - acc.length)
         acc.append(chunk, pos, pos + take, this.max)
         pos += take
-        const frame = this.measure(acc.buf, 0, acc.length)
+        const frame = this.layout.measure(acc.buf, 0, acc.length)
         if (frame < 0) return this.failed()
         if (frame === 0) {
           if (acc.length > this.max) return this.tooLarge(acc.length)
@@ -622,7 +652,7 @@ class FrameDecoder implements Decoder {
     // Then cut whole frames straight out of the chunk.
     while (pos < n) {
       const available = n - pos
-      const frame = available < this.headerHint ? 0 : this.measure(chunk, pos, available)
+      const frame = this.layout.measure(chunk, pos, available)
       if (frame < 0) return this.failed()
       if (frame > 0 && frame <= available) {
         out.push(chunk.subarray(pos + this.strip, pos + frame))

@@ -1,0 +1,273 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Socket from "effect/socket/Socket"
+import * as Stream from "effect/Stream"
+import { TestClock } from "effect/testing"
+import * as Memory from "../src/Memory.ts"
+import * as MuxStream from "../src/MuxStream.ts"
+import * as Session from "../src/Session.ts"
+import * as Transport from "../src/Transport.ts"
+import { transportSuite } from "./fixtures/TransportSuite.ts"
+
+const text = (s: string) => new TextEncoder().encode(s)
+const str = (chunks: ReadonlyArray<Uint8Array>) => chunks.map((c) => new TextDecoder().decode(c)).join("")
+
+const sessionPair = (codec: Session.Codec, options?: Partial<Session.Options>, faults?: Memory.Faults) =>
+  Effect.gen(function*() {
+    const pair = yield* Memory.makeBytePair(faults === undefined ? undefined : { faults })
+    const client = yield* Session.make(pair.a, { keepAlive: false, ...options, role: "client", codec })
+    const server = yield* Session.make(pair.b, { keepAlive: false, ...options, role: "server", codec })
+    return { client, server, pair }
+  })
+
+/** Reads a stream to its end. */
+const readAll = (stream: Socket.Socket) =>
+  Effect.gen(function*() {
+    const reader = yield* stream.reader
+    const out: Array<Uint8Array> = []
+    while (true) {
+      const result = yield* Effect.result(reader.pull)
+      if (result._tag === "Failure") {
+        if (Transport.isCleanClose(result.failure)) return out
+        return yield* Effect.fail(result.failure)
+      }
+      out.push(...result.success)
+    }
+  }).pipe(Effect.scoped)
+
+for (const codec of ["plexus", "yamux"] as const) {
+  describe(`Session (${codec})`, () => {
+    transportSuite(`mux streams over memory (${codec})`, {
+      connect: Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const opened = yield* client.open()
+        const accepted = yield* server.accept
+        return [opened, accepted] as const
+      }),
+      halfClose: true,
+      // The stream's send buffer plus its window, plus the memory pipe.
+      maxBufferedWhileStalled: 256 * 1024 + 256 * 1024 + 256 * 1024
+    })
+
+    transportSuite(`mux streams over memory with split and delayed writes (${codec})`, {
+      connect: Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec, {}, { split: { min: 1, max: 100 }, latency: "1 millis" })
+        const opened = yield* client.open()
+        const accepted = yield* server.accept
+        return [opened, accepted] as const
+      }),
+      halfClose: true,
+      maxBufferedWhileStalled: 3 * 256 * 1024
+    })
+
+    it.live("either side opens streams and the other accepts them", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const fromClient = yield* client.open()
+        const atServer = yield* server.accept
+        const fromServer = yield* server.open()
+        const atClient = yield* client.accept
+        assert.strictEqual(fromClient.id % 2, 1)
+        assert.strictEqual(fromServer.id % 2, 0)
+        assert.strictEqual(atServer.id, fromClient.id)
+        assert.strictEqual(atClient.id, fromServer.id)
+        yield* Effect.scoped(Effect.flatMap(fromServer.writer, (w) => w.write(text("to client"))))
+        yield* Effect.scoped(Effect.flatMap(fromClient.writer, (w) => w.write(text("to server"))))
+        assert.strictEqual(str(yield* readAll(atClient)), "to client")
+        assert.strictEqual(str(yield* readAll(atServer)), "to server")
+      }))
+
+    it.live("half-close still lets the peer finish writing", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stream = yield* client.open()
+        yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text("request"))))
+        const peer = yield* server.accept
+        assert.strictEqual(str(yield* readAll(peer)), "request")
+        yield* Effect.scoped(Effect.flatMap(peer.writer, (w) => w.writeAll([text("res"), text("ponse")])))
+        assert.strictEqual(str(yield* readAll(stream)), "response")
+      }))
+
+    it.live("a reset ends both directions at once with a typed error", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stream = yield* client.open()
+        yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text("x"))))
+        const peer = yield* server.accept
+        yield* peer.reset(0x100 + 7)
+        const error = yield* Effect.flip(readAll(stream))
+        const typed = MuxStream.streamError(error)
+        assert.isDefined(typed)
+        assert.strictEqual(typed!.reason._tag, "StreamReset")
+        // yamux's RST carries no code: it arrives as CANCEL.
+        assert.strictEqual((typed!.reason as any).code, codec === "plexus" ? 0x107 : Session.Code.CANCEL)
+        assert.isTrue(Transport.isAbruptClose(error))
+        const writeError = yield* Effect.flip(Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text("y")))))
+        assert.isDefined(MuxStream.streamError(writeError))
+      }))
+
+    it.live("closing a stream's scope resets it while its write side is still open", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        yield* Effect.scoped(client.open())
+        const peer = yield* server.accept
+        const error = yield* Effect.flip(readAll(peer))
+        assert.strictEqual(MuxStream.streamError(error)?.reason._tag, "StreamReset")
+        assert.strictEqual((yield* client.stats).openStreams, 0)
+      }))
+
+    it.live("many streams in both directions carry their own bytes", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec, {}, { split: { min: 1, max: 3000 } })
+        yield* Effect.forkScoped(server.run((stream) =>
+          Effect.gen(function*() {
+            const data = yield* readAll(stream)
+            const w = yield* stream.writer
+            yield* w.writeAll([text(`echo:`), ...data])
+          }).pipe(Effect.scoped)
+        ))
+        const results = yield* Effect.forEach(Array.from({ length: 200 }, (_, i) => i), (i) =>
+          Effect.scoped(Effect.gen(function*() {
+            const stream = yield* client.open()
+            yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text(`#${i}:`.padEnd(i * 37 % 5000, ".")))))
+            return str(yield* readAll(stream))
+          })), { concurrency: 64 })
+        results.forEach((r, i) => assert.strictEqual(r, `echo:#${i}:`.padEnd(5 + (i * 37 % 5000), ".")))
+      }))
+
+    it.live("a stalled consumer holds at most its window while another stream keeps flowing", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stalled = yield* client.open()
+        const flowing = yield* client.open()
+        const stalledPeer = yield* server.accept
+        const flowingPeer = yield* server.accept
+        const chunk = new Uint8Array(64 * 1024)
+        // Nobody reads `stalledPeer`: its writer stops after the window and its send buffer.
+        const stalledWriter = yield* Effect.forkScoped(Effect.scoped(Effect.gen(function*() {
+          const w = yield* stalled.writer
+          for (let i = 0; i < 1000; i++) yield* w.write(chunk)
+        })))
+        // Meanwhile 32 MiB cross on the other stream.
+        const sent = 32 * 1024 * 1024
+        yield* Effect.forkScoped(Effect.scoped(Effect.gen(function*() {
+          const w = yield* flowing.writer
+          for (let i = 0; i < sent / chunk.length; i++) yield* w.write(chunk)
+        })))
+        let received = 0
+        const reader = yield* flowingPeer.reader
+        while (received < sent) for (const c of yield* reader.pull) received += c.length
+        assert.strictEqual(received, sent)
+        const stats = yield* server.stats
+        assert.isAtMost(stats.bufferedBytes, 16 * 1024 * 1024)
+        assert.isUndefined(stalledWriter.pollUnsafe())
+        void stalledPeer
+      }))
+  })
+}
+
+describe("Session (plexus only)", () => {
+  it.live("routes typed streams to the handler registered for their type", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus")
+      yield* server.handle(7, (stream) =>
+        Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text(`type ${stream.type}`)))))
+      const stream = yield* client.open({ type: 7 })
+      yield* Effect.scoped(Effect.flatMap(stream.writer, () => Effect.void))
+      assert.strictEqual(str(yield* readAll(stream)), "type 7")
+    }))
+
+  it.live("refuses a stream type with no handler, marked safe to retry", () =>
+    Effect.gen(function*() {
+      const { client } = yield* sessionPair("plexus")
+      const stream = yield* client.open({ type: 9 })
+      const error = yield* Effect.flip(readAll(stream))
+      const typed = MuxStream.streamError(error)
+      assert.strictEqual(typed?.reason._tag, "StreamRefused")
+      assert.isTrue(typed?.retryable)
+    }))
+
+  it.live("GO_AWAY fails streams above the last accepted id as safe to retry, and lets the others finish", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus")
+      const accepted = yield* client.open()
+      yield* Effect.scoped(Effect.flatMap(accepted.writer, (w) => w.write(text("a"))))
+      const peer = yield* server.accept
+      const unseen = yield* client.open()
+      yield* Effect.scoped(Effect.flatMap(unseen.writer, (w) => w.write(text("b"))))
+      const closing = yield* Effect.forkChild(server.close({ drain: "5 seconds" }))
+      const error = yield* Effect.flip(readAll(unseen))
+      const typed = MuxStream.streamError(error)
+      assert.isTrue(typed?.retryable, `expected retryable, got ${typed?.message}`)
+      // The accepted stream still completes.
+      assert.strictEqual(str(yield* readAll(peer)), "a")
+      yield* Effect.scoped(Effect.flatMap(peer.writer, (w) => w.write(text("done"))))
+      assert.strictEqual(str(yield* readAll(accepted)), "done")
+      yield* Fiber.join(closing)
+      const openAfter = yield* Effect.flip(Effect.scoped(client.open()))
+      assert.strictEqual(openAfter.reason._tag, "GoneAway")
+      assert.isTrue(openAfter.retryable)
+    }))
+})
+
+describe("Session over yamux", () => {
+  it.effect("refuses to open a typed stream rather than lose the type", () =>
+    Effect.gen(function*() {
+      const { client } = yield* sessionPair("yamux")
+      const error = yield* Effect.flip(client.open({ type: 3 }))
+      assert.strictEqual(error.reason._tag, "UnsupportedByCodec")
+    }))
+})
+
+describe("Session keepalive", () => {
+  it.effect("ends a session whose peer stops answering pings within interval + timeout", () =>
+    Effect.gen(function*() {
+      const pair = yield* Memory.makeBytePair()
+      const client = yield* Session.make(pair.a, {
+        role: "client",
+        keepAlive: { interval: "15 seconds", timeout: "10 seconds" }
+      })
+      yield* Session.make(pair.b, { role: "server", keepAlive: false })
+      yield* TestClock.adjust("1 second")
+      yield* pair.bToA.stall
+      const ended = yield* Effect.forkChild(Effect.flip(client.closed))
+      yield* TestClock.adjust("25 seconds")
+      const error = yield* Fiber.join(ended)
+      assert.strictEqual(error.reason._tag, "KeepaliveTimeout")
+    }))
+
+  it.live("measures the round-trip time", () =>
+    Effect.gen(function*() {
+      const { client } = yield* sessionPair("plexus", {}, { latency: "20 millis" })
+      // 20 ms each way: the answer cannot come back sooner than 40 ms.
+      const rtt = yield* client.ping
+      assert.isAtLeast(Duration.toMillis(rtt), 35)
+      const measured = yield* client.rtt
+      assert.isDefined(measured)
+    }))
+})
+
+describe("Session as a SocketServer", () => {
+  it.live("serves each incoming stream as a connection", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus")
+      const asServer = Session.toSocketServer(server)
+      yield* Effect.forkScoped(asServer.run((socket) =>
+        Effect.gen(function*() {
+          const data = yield* readAll(socket)
+          yield* Effect.scoped(Effect.flatMap(socket.writer, (w) => w.writeAll([text("got "), ...data])))
+        })
+      ))
+      const replies = yield* Stream.runCollect(Stream.fromIterable([1, 2, 3]).pipe(
+        Stream.mapEffect((i) =>
+          Effect.scoped(Effect.gen(function*() {
+            const stream = yield* client.open()
+            yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text(String(i)))))
+            return str(yield* readAll(stream))
+          })), { concurrency: 3 })
+      ))
+      assert.deepStrictEqual([...replies].sort(), ["got 1", "got 2", "got 3"])
+    }))
+})
