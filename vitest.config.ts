@@ -11,6 +11,13 @@ export default defineConfig({
     passWithNoTests: true,
     hookTimeout: 30_000,
     reporters: ["default", "./.ci/SummaryReporter.ts"],
-    projects: [pkg("core"), pkg("transport-tcp"), pkg("transport-ws"), pkg("kcm"), pkg("rpc")]
+    projects: [
+      pkg("core"),
+      pkg("transport-tcp"),
+      pkg("transport-ws"),
+      pkg("kcm"),
+      pkg("rpc"),
+      { extends: true, test: { name: "bench", root: "./bench", include: ["test/**/*.test.ts"] } }
+    ]
   }
 })

@@ -33,7 +33,7 @@ const readAll = (stream: Socket.Socket) =>
         if (Transport.isCleanClose(result.failure)) return out
         return yield* Effect.fail(result.failure)
       }
-      out.push(...result.success)
+      for (const chunk of result.success) out.push(typeof chunk === "string" ? text(chunk) : chunk)
     }
   }).pipe(Effect.scoped)
 
