@@ -34,16 +34,7 @@ import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
 import * as Stream from "effect/Stream"
-import {
-  CODE_CANCEL,
-  CODE_INTERNAL_ERROR,
-  CODE_NO_ERROR,
-  Engine,
-  type EngineStats,
-  INITIAL_WINDOW,
-  type SessionFailure,
-  type StreamState
-} from "./internal/muxEngine.ts"
+import { CODE_NO_ERROR, Engine, type EngineStats, type SessionFailure, type StreamState } from "./internal/muxEngine.ts"
 import {
   CODE_KEEPALIVE_TIMEOUT,
   type FrameDecoder,
@@ -300,7 +291,6 @@ export const make = (
     let sessionError: SessionError | undefined
     const pongs = new Map<number, (at: number) => void>()
     const handlers = new Map<number, (stream: StreamState) => void>()
-    const streamScopes = new Map<number, MuxStreamImpl>()
 
     const engine: Engine = new Engine({
       client,
@@ -423,16 +413,11 @@ export const make = (
 
     const transportFailed = (error: Socket.SocketError) =>
       Effect.sync(() => {
-        engine.fail({
-          kind: "transport",
-          code: CODE_INTERNAL_ERROR,
-          detail: Transport.isCleanClose(error) ? "the peer closed the connection" : error.message,
-          byPeer: true
-        })
+        engine.transportEnded(Transport.isCleanClose(error) ? "the peer closed the connection" : error.message)
       })
 
     const readerFiber = yield* readLoop.pipe(
-      Effect.catch((error) => engine.ended ? Effect.void : transportFailed(error)),
+      Effect.catch(transportFailed),
       Effect.forkIn(scope)
     )
     const writerFiber = yield* writeLoop.pipe(
@@ -631,10 +616,6 @@ export const make = (
 
     // When the session ends by itself (peer GO_AWAY drained, failure), close the transport.
     yield* Effect.forkIn(Effect.andThen(Deferred.await(ended).pipe(Effect.ignore), finish), scope)
-
-    void streamScopes
-    void INITIAL_WINDOW
-    void CODE_CANCEL
 
     const session: Session = {
       [TypeId]: TypeId,

@@ -2,7 +2,11 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as NetAddress from "effect/net/NetAddress"
 import * as Socket from "effect/socket/Socket"
+import * as SocketServer from "effect/socket/SocketServer"
 import * as Stream from "effect/Stream"
 import { TestClock } from "effect/testing"
 import * as Memory from "../src/Memory.ts"
@@ -269,5 +273,180 @@ describe("Session as a SocketServer", () => {
           })), { concurrency: 3 })
       ))
       assert.deepStrictEqual([...replies].sort(), ["got 1", "got 2", "got 3"])
+    }))
+})
+
+describe("Session flow control", () => {
+  it.live("grows a stream's window toward the bandwidth-delay product when latency limits it", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus", { maxWindow: 4 * 1024 * 1024 }, { latency: "20 millis" })
+      yield* client.ping
+      const stream = yield* client.open()
+      const total = 8 * 1024 * 1024
+      yield* Effect.forkScoped(Effect.scoped(Effect.gen(function*() {
+        const w = yield* stream.writer
+        const chunk = new Uint8Array(64 * 1024)
+        for (let i = 0; i < total / chunk.length; i++) yield* w.write(chunk)
+      })))
+      const peer = yield* server.accept
+      const reader = yield* peer.reader
+      let received = 0
+      let largest = 0
+      while (received < total) {
+        for (const c of yield* reader.pull) received += c.length
+        largest = Math.max(largest, (yield* server.stats).grantedWindow)
+      }
+      assert.isAbove(largest, 256 * 1024, "the window never grew")
+      assert.isAtMost(largest, 4 * 1024 * 1024, "the window grew past its maximum")
+    }))
+})
+
+describe("Session limits", () => {
+  it.live("an opener waits for a place when the peer's backlog is full, rather than fail", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus", { acceptBacklog: 2 })
+      yield* client.ping // settings have arrived
+      yield* client.open()
+      yield* client.open()
+      const third = yield* Effect.forkScoped(client.open())
+      yield* Effect.sleep("50 millis")
+      assert.isUndefined(third.pollUnsafe(), "the third open went ahead past the peer's backlog")
+      yield* server.accept
+      const stream = yield* Fiber.join(third)
+      assert.strictEqual(stream.id, 5)
+    }))
+
+  it.effect("an open that finds no place within the open timeout fails, safe to retry", () =>
+    Effect.gen(function*() {
+      const pair = yield* Memory.makeBytePair()
+      const client = yield* Session.make(pair.a, { role: "client", keepAlive: false, openTimeout: "2 seconds" })
+      yield* Session.make(pair.b, { role: "server", keepAlive: false, acceptBacklog: 1 })
+      yield* TestClock.adjust("10 millis")
+      yield* client.open()
+      const second = yield* Effect.forkChild(Effect.flip(client.open()))
+      yield* TestClock.adjust("2 seconds")
+      const error = yield* Fiber.join(second)
+      assert.strictEqual(error.reason._tag, "OpenTimeout")
+      assert.isTrue(error.retryable)
+    }))
+
+  it.live("refuses streams beyond the inbound limit from a peer that does not know it (yamux)", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("yamux", { maxInboundStreams: 2 })
+      yield* client.open()
+      yield* client.open()
+      const third = yield* client.open()
+      const error = yield* Effect.flip(readAll(third))
+      assert.strictEqual(MuxStream.streamError(error)?.reason._tag, "StreamRefused")
+      assert.strictEqual((yield* server.stats).inboundStreams, 2)
+      assert.strictEqual((yield* server.stats).refused, 1)
+    }))
+
+  it.live("waits at the peer's announced stream limit instead of being refused (plexus)", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus", { maxInboundStreams: 2 })
+      yield* client.ping
+      const first = yield* client.open()
+      yield* client.open()
+      const third = yield* Effect.forkScoped(client.open())
+      yield* Effect.sleep("50 millis")
+      assert.isUndefined(third.pollUnsafe(), "the third open went past the peer's limit")
+      yield* first.reset()
+      yield* Fiber.join(third)
+      assert.strictEqual((yield* server.stats).refused, 0)
+    }))
+
+  it.live("never wraps stream ids: the last one is used, then opens fail with StreamIdsExhausted", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus", { firstStreamId: 0xfffffffd })
+      const last = yield* client.open()
+      const final = yield* client.open()
+      assert.strictEqual(last.id, 0xfffffffd)
+      assert.strictEqual(final.id, 0xffffffff)
+      const error = yield* Effect.flip(client.open())
+      assert.strictEqual(error.reason._tag, "StreamIdsExhausted")
+      // The streams already open still work.
+      yield* Effect.scoped(Effect.flatMap(final.writer, (w) => w.write(text("still here"))))
+      yield* server.accept
+      const peer = yield* server.accept
+      assert.strictEqual(str(yield* readAll(peer)), "still here")
+    }))
+})
+
+describe("Session metrics", () => {
+  it.live("counts bytes, open streams and resets through Effect metrics", () =>
+    Effect.gen(function*() {
+      const before = (yield* Metric.value(Session.metrics.bytesOut)).count
+      const resetsBefore = (yield* Metric.value(Session.metrics.resets)).count
+      const { client, server } = yield* sessionPair("plexus")
+      const stream = yield* client.open()
+      yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(new Uint8Array(10_000))))
+      const peer = yield* server.accept
+      yield* readAll(peer)
+      yield* peer.reset()
+      yield* Effect.flip(readAll(stream))
+      yield* client.ping
+      assert.isAtLeast((yield* Metric.value(Session.metrics.bytesOut)).count - before, 10_000)
+      assert.isAtLeast((yield* Metric.value(Session.metrics.resets)).count - resetsBefore, 1)
+      assert.isDefined((yield* Metric.value(Session.metrics.rtt)).value)
+    }))
+})
+
+describe("MuxStream as a Node Duplex", () => {
+  it.live("pipes bytes through Node streams, with half-close", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("yamux")
+      yield* Effect.forkScoped(server.run((stream) =>
+        Effect.gen(function*() {
+          const data = yield* readAll(stream)
+          yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.writeAll([text("echo "), ...data])))
+        })
+      ))
+      const stream = yield* client.open()
+      const duplex = MuxStream.toDuplex(stream)
+      const payload = Buffer.alloc(1024 * 1024, 7)
+      const reply = yield* Effect.promise(() =>
+        new Promise<Buffer>((resolve, reject) => {
+          const parts: Array<Buffer> = []
+          duplex.on("data", (b: Buffer) => parts.push(b))
+          duplex.on("end", () => resolve(Buffer.concat(parts)))
+          duplex.on("error", reject)
+          duplex.end(payload)
+        })
+      )
+      assert.strictEqual(reply.length, 5 + payload.length)
+      assert.strictEqual(reply.subarray(0, 5).toString(), "echo ")
+      assert.isTrue(reply.subarray(5).equals(payload))
+    }))
+})
+
+describe("Session layers", () => {
+  it.live("a client session over the Socket in context talks to sessions served per connection", () =>
+    Effect.gen(function*() {
+      const pair = yield* Memory.makeBytePair()
+      // A SocketServer with one connection: the server end of the memory pair.
+      const oneConnection = SocketServer.SocketServer.of({
+        address: NetAddress.unixPathAddress("memory"),
+        run: (handler) => Effect.andThen(Effect.ignore(handler(pair.b)), Effect.never)
+      })
+      yield* Effect.forkScoped(
+        Session.serve((stream) =>
+          Effect.gen(function*() {
+            const data = yield* readAll(stream)
+            yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.writeAll([text("served "), ...data])))
+          })
+        ).pipe(Effect.provideService(SocketServer.SocketServer, oneConnection))
+      )
+      const reply = yield* Effect.gen(function*() {
+        const session = yield* Session.SessionService
+        const stream = yield* session.open()
+        yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text("hi"))))
+        return str(yield* readAll(stream))
+      }).pipe(
+        Effect.provide(Session.layerClient({ keepAlive: false }).pipe(
+          Layer.provide(Layer.succeed(Socket.Socket)(pair.a))
+        ))
+      )
+      assert.strictEqual(reply, "served hi")
     }))
 })

@@ -472,16 +472,34 @@ export class Engine implements FrameSink {
     }
     this.wakeAll(this.openWakers)
     this.flushReadWakes()
-    if (code !== CODE_NO_ERROR) {
+    // Still graceful: open streams at or below the last id may finish. The
+    // code says why; it becomes the session's error if the transport then
+    // closes under streams that did not finish.
+    this.peerGoAwayCode = code
+    this.peerGoAwayReason = reason
+    this.maybeFinishGoAway()
+  }
+
+  peerGoAwayCode = CODE_NO_ERROR
+  peerGoAwayReason = ""
+
+  /** The transport ended: graceful if the peer went away and nothing was left. */
+  transportEnded(detail: string): void {
+    if (this.ended || this.failure !== undefined) return
+    if (this.peerGoneAway && this.streams.size === 0 && this.peerGoAwayCode === CODE_NO_ERROR) {
+      this.maybeFinishGoAway()
+      return
+    }
+    if (this.peerGoneAway) {
       return this.fail({
         kind: "goaway",
-        code,
-        detail: reason === "" ? `peer went away with code ${code}` : reason,
+        code: this.peerGoAwayCode,
+        detail: this.peerGoAwayReason === "" ? `peer went away with code ${this.peerGoAwayCode}` : this.peerGoAwayReason,
         byPeer: true,
-        lastStreamId
+        lastStreamId: this.peerLastStreamId
       })
     }
-    this.maybeFinishGoAway()
+    this.fail({ kind: "transport", code: CODE_INTERNAL_ERROR, detail, byPeer: true })
   }
 
   priority(id: number, urgency: number, incremental: boolean): void {
@@ -649,12 +667,18 @@ export class Engine implements FrameSink {
   /** Why a stream cannot be opened now: a failure, "wait", or undefined (go ahead). */
   openBlocker(): SessionFailure | "wait" | undefined {
     if (this.failure !== undefined) return this.failure
-    if (this.goingAway || this.peerGoneAway) {
-      return { kind: "goaway", code: CODE_NO_ERROR, detail: "session is going away", byPeer: this.peerGoneAway, lastStreamId: this.peerLastStreamId }
-    }
     const max = this.config.client ? MAX_CLIENT_ID : MAX_SERVER_ID
     if (this.nextLocalId > max) {
       return { kind: "exhausted", code: CODE_ID_EXHAUSTED, detail: "stream ids exhausted", byPeer: false, lastStreamId: this.lastLocalId }
+    }
+    if (this.goingAway || this.peerGoneAway) {
+      return {
+        kind: "goaway",
+        code: this.peerGoneAway ? this.peerGoAwayCode : CODE_NO_ERROR,
+        detail: "session is going away",
+        byPeer: this.peerGoneAway,
+        lastStreamId: this.peerLastStreamId
+      }
     }
     if (this.unacked >= this.peerBacklog) return "wait"
     if (this.stats.outboundStreams >= Math.min(this.config.maxOutboundStreams, this.peerMaxStreams)) return "wait"
