@@ -1,0 +1,398 @@
+/**
+ * The adapter from one connected `node:net` (or `node:tls`) socket to an
+ * `effect/socket` `Socket`, following plexus's byte transport conventions
+ * (see `@plexus/core` `Transport`).
+ *
+ * Reads run in flowing mode: each `'data'` Buffer is handed on as received,
+ * without copies or concatenation, into a chunk list whose byte count pauses
+ * the socket at the high-water mark (and resumes it when a `pull` takes the
+ * list). A waiting `pull` is woken once per event-loop turn with everything
+ * that turn read, so a busy connection costs one fiber resumption per batch,
+ * not per chunk. Writes respect `write()`'s return value and wait for
+ * `'drain'`. All per-chunk work is plain code on one connection object;
+ * Effect only appears where a fiber has to wait.
+ *
+ * @internal
+ */
+import type { NonEmptyReadonlyArray } from "effect/Array"
+import * as Effect from "effect/Effect"
+import * as Scope from "effect/Scope"
+import * as Socket from "effect/socket/Socket"
+import { Transport } from "@plexus/core"
+import * as Net from "node:net"
+
+const NetSocket = Net.Socket
+
+/** @internal */
+export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024
+
+/** A waiting pull is woken at once when this much arrived in one turn. */
+const WAKE_BYTES = 256 * 1024
+
+/** @internal */
+export const DEFAULT_LINGER_MS = 2_000
+
+/** @internal */
+export interface AdapterOptions {
+  /** Bytes buffered for the reader before the socket is paused. */
+  readonly highWaterMark?: number | undefined
+}
+
+type Batch = NonEmptyReadonlyArray<Uint8Array>
+type ReadResume = (effect: Effect.Effect<Batch, Socket.SocketError>) => void
+type DrainResume = (effect: Effect.Effect<void, Socket.SocketError>) => void
+
+const writeError = (cause: unknown): Socket.SocketError =>
+  new Socket.SocketError({ reason: new Socket.SocketWriteError({ cause }) })
+
+const errorCode = (error: Error): string => {
+  const code = (error as NodeJS.ErrnoException).code
+  return typeof code === "string" ? code : error.name
+}
+
+interface ReaderHandle {
+  closed: boolean
+}
+
+const readerClosedError = Transport.closedError(Transport.CLOSE_NORMAL, "reader closed")
+const writeSideClosed = writeError(new Error("write side closed"))
+
+class Connection {
+  readonly conn: Net.Socket
+  readonly highWaterMark: number
+  readonly wakeBytes: number
+  chunks: Array<Uint8Array> = []
+  buffered = 0
+  /** Whether we asked the socket to stop flowing (before the first reader, or at the high-water mark). */
+  paused = true
+  started = false
+  wakeScheduled = false
+  /** When set, incoming data is dropped: this side closed its read direction. */
+  discard = false
+  waiter: ReadResume | undefined = undefined
+  waiterReader: ReaderHandle | undefined = undefined
+  /** Terminal read state, delivered once the buffered chunks were pulled. */
+  readError: Socket.SocketError | undefined = undefined
+  /** Terminal write state. */
+  writeError: Socket.SocketError | undefined = undefined
+  drainWaiters: Array<DrainResume> = []
+
+  constructor(conn: Net.Socket, options?: AdapterOptions) {
+    this.conn = conn
+    this.highWaterMark = Math.max(1, options?.highWaterMark ?? DEFAULT_HIGH_WATER_MARK)
+    this.wakeBytes = Math.min(WAKE_BYTES, Math.ceil(this.highWaterMark / 2))
+    // Pause before adding the data listener, or adding it would start the flow
+    // and lose bytes that arrive before a reader exists.
+    conn.pause()
+    conn.on("data", this.onData)
+    conn.on("end", this.onEnd)
+    conn.on("error", this.onError)
+    conn.on("close", this.onClose)
+    conn.on("drain", this.onDrain)
+    if (conn.destroyed) this.onClose()
+  }
+
+  // ---------------------------------------------------------------- read side
+
+  readonly onData = (chunk: Uint8Array): void => {
+    if (this.discard) return
+    this.chunks.push(chunk)
+    this.buffered += chunk.byteLength
+    if (!this.paused && this.buffered >= this.highWaterMark) {
+      this.paused = true
+      this.conn.pause()
+    }
+    // Wake a waiting pull once per event-loop turn, after the reads of this
+    // turn's poll phase arrived (node reads up to 64 KiB at a time, often
+    // dozens per turn): one resumption per batch instead of per chunk. A
+    // batch that grows large wakes it at once, well before the high-water
+    // mark would pause the socket.
+    if (this.waiter !== undefined) {
+      if (this.buffered >= this.wakeBytes) this.wake()
+      else if (!this.wakeScheduled) {
+        this.wakeScheduled = true
+        setImmediate(this.onImmediate)
+      }
+    }
+  }
+
+  readonly onImmediate = (): void => {
+    this.wakeScheduled = false
+    this.wake()
+  }
+
+  wake(): void {
+    const waiter = this.waiter
+    if (waiter === undefined || this.chunks.length === 0) return
+    this.waiter = undefined
+    this.waiterReader = undefined
+    waiter(this.takeChunks())
+  }
+
+  takeChunks(): Effect.Effect<Batch> {
+    const out = this.chunks as unknown as Batch
+    this.chunks = []
+    this.buffered = 0
+    if (this.paused && this.readError === undefined && !this.conn.destroyed) {
+      this.paused = false
+      this.conn.resume()
+    }
+    return Effect.succeed(out)
+  }
+
+  take(reader: ReaderHandle): Effect.Effect<Batch, Socket.SocketError> {
+    if (reader.closed) return Effect.fail(readerClosedError)
+    if (this.chunks.length > 0) return this.takeChunks()
+    if (this.readError !== undefined) return Effect.fail(this.readError)
+    this.waiterReader = reader
+    return this.wait
+  }
+
+  // One effect object and one cancel effect for every wait: allocation on
+  // this path is paid again in GC work under sustained load.
+  readonly clearWaiter = Effect.sync(() => {
+    this.waiter = undefined
+    this.waiterReader = undefined
+  })
+
+  readonly wait: Effect.Effect<Batch, Socket.SocketError> = Effect.callback<Batch, Socket.SocketError>((resume) => {
+    this.waiter = resume
+    return this.clearWaiter
+  })
+
+  /** Sets the terminal read state and wakes a waiting pull with it. */
+  endRead(error: Socket.SocketError, dropBuffered: boolean): void {
+    this.readError ??= error
+    if (dropBuffered) {
+      this.chunks = []
+      this.buffered = 0
+    }
+    const waiter = this.waiter
+    if (waiter !== undefined && this.chunks.length === 0) {
+      this.waiter = undefined
+      this.waiterReader = undefined
+      waiter(Effect.fail(this.readError))
+    }
+  }
+
+  /** Stops reading on this side: drops what is buffered and what arrives. */
+  discardReads(error: Socket.SocketError): void {
+    this.discard = true
+    this.endRead(error, true)
+    if (this.paused && !this.conn.destroyed) {
+      // Keep draining until the peer's FIN, so both directions end and the
+      // socket closes itself instead of lingering half-open.
+      this.paused = false
+      this.conn.resume()
+    }
+  }
+
+  readonly acquireReader: Effect.Effect<Socket.Reader, Socket.SocketError, Scope.Scope> = Effect.flatMap(
+    Effect.scope,
+    (scope) => Effect.suspend(() => this.openReader(scope))
+  )
+
+  openReader(scope: Scope.Scope): Effect.Effect<Socket.Reader, Socket.SocketError> {
+    if (this.readError !== undefined && this.chunks.length === 0) return Effect.fail(this.readError)
+    const handle: ReaderHandle = { closed: false }
+    if (!this.started) {
+      this.started = true
+      if (this.readError === undefined && this.buffered < this.highWaterMark) {
+        this.paused = false
+        this.conn.resume()
+      }
+    }
+    const reader: Socket.Reader = {
+      pull: Effect.suspend(() => this.take(handle)),
+      upgrade: Socket.SocketUpgradeError.unsupported
+    }
+    return Effect.as(Scope.addFinalizer(scope, Effect.sync(() => this.closeReader(handle))), reader)
+  }
+
+  closeReader(handle: ReaderHandle): void {
+    handle.closed = true
+    const waiter = this.waiter
+    if (waiter !== undefined && this.waiterReader === handle) {
+      this.waiter = undefined
+      this.waiterReader = undefined
+      waiter(Effect.fail(readerClosedError))
+    }
+  }
+
+  readonly onEnd = (): void => {
+    this.endRead(Transport.closedError(Transport.CLOSE_NORMAL), false)
+  }
+
+  readonly onError = (error: Error): void => {
+    // A reset or broken pipe: what was already received is still delivered,
+    // then the abrupt close.
+    this.endRead(Transport.closedError(Transport.CLOSE_ABNORMAL, errorCode(error)), false)
+    this.endWrite(writeError(error))
+  }
+
+  readonly onClose = (): void => {
+    // Closed without FIN or error seen by us: destroyed on this side.
+    this.endRead(Transport.closedError(Transport.CLOSE_ABNORMAL, "ERR_SOCKET_CLOSED"), false)
+    this.endWrite(writeError(new Error("socket closed")))
+  }
+
+  // --------------------------------------------------------------- write side
+
+  readonly onDrain = (): void => {
+    const waiters = this.drainWaiters
+    if (waiters.length === 0) return
+    this.drainWaiters = []
+    for (let i = 0; i < waiters.length; i++) waiters[i]!(Effect.void)
+  }
+
+  endWrite(error: Socket.SocketError): void {
+    this.writeError ??= error
+    const waiters = this.drainWaiters
+    if (waiters.length === 0) return
+    this.drainWaiters = []
+    const failed = Effect.fail(this.writeError)
+    for (let i = 0; i < waiters.length; i++) waiters[i]!(failed)
+  }
+
+  readonly awaitDrain: Effect.Effect<void, Socket.SocketError> = Effect.callback<void, Socket.SocketError>(
+    (resume) => {
+      if (this.writeError !== undefined) return resume(Effect.fail(this.writeError))
+      this.drainWaiters.push(resume)
+      return Effect.sync(() => {
+        const i = this.drainWaiters.indexOf(resume)
+        if (i >= 0) this.drainWaiters.splice(i, 1)
+      })
+    }
+  )
+
+  writable(): boolean {
+    if (this.writeError !== undefined) return false
+    const conn = this.conn
+    if (conn.destroyed || conn.writableEnded) {
+      this.writeError = writeSideClosed
+      return false
+    }
+    return true
+  }
+
+  writeNow(chunk: Uint8Array | string | Socket.CloseEvent): Effect.Effect<void, Socket.SocketError> {
+    if (typeof chunk === "object" && Socket.isCloseEvent(chunk)) return this.closeWith(chunk)
+    if (!this.writable()) return Effect.fail(this.writeError!)
+    try {
+      return this.conn.write(chunk) ? Effect.void : this.awaitDrain
+    } catch (cause) {
+      return Effect.fail(writeError(cause))
+    }
+  }
+
+  writeAllNow(chunks: NonEmptyReadonlyArray<Uint8Array | string>): Effect.Effect<void, Socket.SocketError> {
+    if (!this.writable()) return Effect.fail(this.writeError!)
+    const conn = this.conn
+    let ok = true
+    try {
+      if (chunks.length === 1) {
+        ok = conn.write(chunks[0])
+      } else {
+        conn.cork()
+        try {
+          for (let i = 0; i < chunks.length; i++) ok = conn.write(chunks[i]!) && ok
+        } finally {
+          conn.uncork()
+        }
+      }
+    } catch (cause) {
+      return Effect.fail(writeError(cause))
+    }
+    return ok ? Effect.void : this.awaitDrain
+  }
+
+  closeWith(event: Socket.CloseEvent): Effect.Effect<void> {
+    const conn = this.conn
+    if (event.code === Transport.CLOSE_NORMAL) {
+      // Graceful: flush what is queued, send FIN, stop reading.
+      this.discardReads(Transport.closedError(Transport.CLOSE_NORMAL))
+      this.endWrite(writeSideClosed)
+      if (!conn.destroyed && !conn.writableEnded) conn.end()
+    } else {
+      this.discardReads(Transport.closedError(Transport.CLOSE_ABNORMAL, event.reason ?? `closed with code ${event.code}`))
+      this.endWrite(writeSideClosed)
+      abort(conn)
+    }
+    return Effect.void
+  }
+
+  readonly acquireWriter: Effect.Effect<Socket.Writer, never, Scope.Scope> = Effect.acquireRelease(
+    Effect.sync((): Socket.Writer => ({
+      write: (chunk) => Effect.suspend(() => this.writeNow(chunk)),
+      writeAll: (chunks) => Effect.suspend(() => this.writeAllNow(chunks))
+    })),
+    () =>
+      Effect.sync(() => {
+        // Half-close: the peer sees a clean end, our read side keeps going.
+        const conn = this.conn
+        if (!conn.destroyed && !conn.writableEnded) conn.end()
+      })
+  )
+}
+
+/**
+ * Sends RST. A TLS socket's own handle cannot reset, so its TCP socket
+ * (`_parent`, set when TLS wraps an existing socket, as both our dial and
+ * node's TLS server do) is reset instead.
+ *
+ * @internal
+ */
+export const abort = (conn: Net.Socket): void => {
+  if (conn.destroyed) return
+  const parent = (conn as { _parent?: unknown })._parent
+  const target = parent instanceof NetSocket ? parent : conn
+  try {
+    target.resetAndDestroy()
+  } catch {
+    // no handle that can reset: a plain close is the best left
+  }
+  conn.destroy()
+}
+
+const registry = new WeakMap<Socket.Socket, Net.Socket>()
+
+/**
+ * Presents one connected node socket as a `Socket`. The caller owns the node
+ * socket's lifetime (see `release`).
+ *
+ * @internal
+ */
+export const fromNodeSocket = (conn: Net.Socket, options?: AdapterOptions): Socket.Socket => {
+  const connection = new Connection(conn, options)
+  const socket = Socket.make({ reader: connection.acquireReader, writer: connection.acquireWriter })
+  registry.set(socket, conn)
+  return socket
+}
+
+/** The node socket behind a Socket made by `fromNodeSocket`. @internal */
+export const underlying = (socket: Socket.Socket): Net.Socket | undefined => registry.get(socket)
+
+/**
+ * Ends a connection: at once when nothing is left to flush, otherwise after
+ * flushing queued writes (FIN), resetting it if that takes longer than
+ * `lingerMs`. Never truncates a stream silently: a flush that does not finish
+ * shows up at the peer as a reset, not as a clean end.
+ *
+ * @internal
+ */
+export const release = (conn: Net.Socket, lingerMs: number = DEFAULT_LINGER_MS): void => {
+  if (conn.destroyed) return
+  if (conn.writableLength === 0 || lingerMs <= 0) {
+    if (conn.writableLength === 0) conn.destroy()
+    else abort(conn)
+    return
+  }
+  const timer = setTimeout(() => abort(conn), lingerMs)
+  timer.unref()
+  conn.once("close", () => clearTimeout(timer))
+  if (conn.writableFinished) conn.destroy()
+  else {
+    conn.once("finish", () => conn.destroy())
+    if (!conn.writableEnded) conn.end()
+  }
+}
