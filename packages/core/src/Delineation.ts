@@ -590,11 +590,17 @@ class FrameDecoder implements Decoder {
   private readonly headerHint: number
   private readonly strip: number
   private readonly layout: Measure
+  /** Set for the common length layout, which the hot loop reads inline. */
+  private readonly fast: LengthLayout | undefined
   constructor(max: number, headerHint: number, strip: number, layout: Measure) {
     this.max = max
     this.headerHint = headerHint
     this.strip = strip
     this.layout = layout
+    this.fast = layout instanceof LengthLayout && layout.fieldLength === 4 && !layout.littleEndian &&
+        layout.offset === 0
+      ? layout
+      : undefined
   }
 
   get partial(): boolean {
@@ -649,7 +655,20 @@ class FrameDecoder implements Decoder {
       pos += take
       if (acc.length === this.frame) this.deliver(out)
     }
-    // Then cut whole frames straight out of the chunk.
+    // Then cut whole frames straight out of the chunk: first with the common
+    // layout read inline (4-byte big-endian length at offset 0), then the
+    // general way for whatever is left (other layouts, a partial frame, errors).
+    const fast = this.fast
+    if (fast !== undefined) {
+      const strip = this.strip
+      while (n - pos >= 4) {
+        const frame = (((chunk[pos] << 24) | (chunk[pos + 1] << 16) | (chunk[pos + 2] << 8) | chunk[pos + 3]) >>> 0) +
+          fast.base
+        if (frame > fast.max || frame < 4 || frame > n - pos) break
+        out.push(chunk.subarray(pos + strip, pos + frame))
+        pos += frame
+      }
+    }
     while (pos < n) {
       const available = n - pos
       const frame = this.layout.measure(chunk, pos, available)
