@@ -327,7 +327,13 @@ export const make = (
         }
       },
       onEnd: (failure) => {
-        if (failure !== undefined) sessionError = toSessionError(failure)
+        if (failure !== undefined) {
+          // A failed session reads nothing more, not even the rest of the
+          // chunk at hand: what the peer sends after the failure must not be
+          // answered (after our GO_AWAY), nor buffered for streams that are gone.
+          decoder.stop()
+          sessionError ??= toSessionError(failure)
+        }
         Deferred.doneUnsafe(ended, sessionError === undefined ? Exit.void : Exit.fail(sessionError))
       },
       hasHandler: (type) => handlers.has(type),
@@ -338,7 +344,12 @@ export const make = (
       ? new YamuxDecoder(engine, options.maxWindow ?? 16 * 1024 * 1024)
       : new PlexusDecoder(engine, frameSize)
 
-    const getSessionError = () => sessionError
+    // Streams fail (and their waiters wake) inside `engine.fail`, before
+    // `onEnd` runs: their typed error must already see the session's.
+    const getSessionError = () => {
+      if (sessionError === undefined && engine.failure !== undefined) sessionError = toSessionError(engine.failure)
+      return sessionError
+    }
     const wrap = (state: StreamState): MuxStreamImpl => new MuxStreamImpl(state, engine, getSessionError)
 
     // Metrics move at batch boundaries, not per frame.

@@ -287,8 +287,9 @@ export class Engine implements FrameSink {
     if (notifyPeer && this.failure === undefined) {
       this.encoder.reset(stream.id, failure.code)
       this.stats.resetsSent++
-      this.stats.controlQueued++
-      this.hooks.wakeWriter()
+      // Counted against the cap like every queued control frame: a peer that
+      // provokes resets without reading its socket must not grow the queue.
+      this.control()
     }
     this.stats.bufferedBytes -= stream.recvBytes
     stream.recv = undefined
@@ -311,6 +312,10 @@ export class Engine implements FrameSink {
       if (!stream.acked && stream.announced) this.unacked--
     } else {
       this.stats.inboundStreams--
+      // A stream that ends before the application accepted it (the peer reset
+      // it) gives its place in the backlog back at once: the opener already
+      // counts it as gone, and may open another in its place.
+      if (stream.type === 0 && !stream.acked) this.stats.backlog--
     }
     this.stats.grantedWindow -= stream.windowSize
     if (this.openWakers.length > 0) this.wakeAll(this.openWakers)
@@ -344,16 +349,13 @@ export class Engine implements FrameSink {
     const refuse = (code: number) => {
       this.encoder.reset(id, code)
       this.stats.refused++
-      this.stats.controlQueued++
-      this.hooks.wakeWriter()
+      this.control()
       this.flood("refused streams")
     }
     if (this.goingAway || this.failure !== undefined) return refuse(CODE_REFUSED_STREAM)
     if (this.stats.inboundStreams >= this.config.maxInboundStreams) return refuse(CODE_REFUSED_STREAM)
     if (type !== 0 && !this.hooks.hasHandler(type)) return refuse(CODE_REFUSED_STREAM)
-    if (type === 0 && this.backlog.length - this.backlogHead >= this.config.acceptBacklog) {
-      return refuse(CODE_REFUSED_STREAM)
-    }
+    if (type === 0 && this.stats.backlog >= this.config.acceptBacklog) return refuse(CODE_REFUSED_STREAM)
     const stream = new StreamState(id, false)
     stream.type = type
     stream.urgency = urgency
@@ -367,6 +369,10 @@ export class Engine implements FrameSink {
     this.stats.inboundStreams++
     this.stats.grantedWindow += stream.windowSize
     if (type === 0) {
+      // Streams reset while waiting stay in the array until `takeAccepted`
+      // passes them; drop them before they outnumber the live ones, so an
+      // open+reset storm the application never accepts holds no memory.
+      if (this.backlog.length - this.backlogHead >= 2 * this.config.acceptBacklog + 16) this.compactBacklog()
       this.backlog.push(stream)
       this.stats.backlog++
       if (this.acceptWakers.length > 0) this.acceptWakers.shift()!()
@@ -412,6 +418,15 @@ export class Engine implements FrameSink {
 
   data(_id: number, piece: Uint8Array): void {
     const stream = this.dataStream!
+    // The application may reset the stream, or stop reading it, while a
+    // frame's payload is still arriving: the rest of it must not be held for
+    // a stream nobody will read (and once reset, nothing will free it).
+    if (stream.failure !== undefined) return
+    if (stream.readClosed) {
+      stream.consumed += piece.length
+      if (stream.consumed >= stream.windowSize >>> 1) this.grant(stream)
+      return
+    }
     if (stream.recv === undefined) stream.recv = [piece]
     else stream.recv.push(piece)
     stream.recvBytes += piece.length
@@ -714,16 +729,28 @@ export class Engine implements FrameSink {
   takeAccepted(): StreamState | undefined {
     while (this.backlogHead < this.backlog.length) {
       const stream = this.backlog[this.backlogHead++]
-      this.stats.backlog--
       if (this.backlogHead > 64 && this.backlogHead * 2 > this.backlog.length) {
         this.backlog.splice(0, this.backlogHead)
         this.backlogHead = 0
       }
+      // A failed stream gave its place back when it failed (`forget`).
       if (stream.failure !== undefined) continue
+      this.stats.backlog--
       this.accept(stream)
       return stream
     }
     return undefined
+  }
+
+  /** Drops the failed streams from the backlog array, keeping the order of the rest. */
+  private compactBacklog(): void {
+    let kept = 0
+    for (let i = this.backlogHead; i < this.backlog.length; i++) {
+      const stream = this.backlog[i]
+      if (stream.failure === undefined) this.backlog[kept++] = stream
+    }
+    this.backlog.length = kept
+    this.backlogHead = 0
   }
 
   /** Acknowledges an inbound stream. */
@@ -745,10 +772,10 @@ export class Engine implements FrameSink {
     this.goingAway = true
     this.encoder.goAway(code, this.lastAcceptedPeerId, reason)
     this.control()
-    // Streams still in the backlog were never seen by the application.
+    // Streams still in the backlog were never seen by the application
+    // (failing one gives its place back, in `forget`).
     while (this.backlogHead < this.backlog.length) {
       const stream = this.backlog[this.backlogHead++]
-      this.stats.backlog--
       this.failStream(stream, { kind: "refused", code: CODE_REFUSED_STREAM, byPeer: false, retryable: true }, true)
     }
     this.wakeAll(this.acceptWakers)

@@ -75,8 +75,10 @@ export interface FrameSink {
 
 /** An incremental decoder for one byte stream. */
 export interface FrameDecoder {
-  /** Feeds a chunk; events go to the sink. After `malformed` it ignores input. */
+  /** Feeds a chunk; events go to the sink. After `malformed` or `stop` it ignores input. */
   push(chunk: Uint8Array): void
+  /** Ignores all further input (the session has ended). */
+  stop(): void
   /** Bytes of a frame header or control payload held across chunks. */
   readonly buffered: number
 }
@@ -128,6 +130,10 @@ abstract class BaseDecoder implements FrameDecoder {
 
   get buffered(): number {
     return this.headerFill + this.controlFill
+  }
+
+  stop(): void {
+    this.dead = true
   }
 
   protected fail(detail: string): void {
@@ -465,7 +471,12 @@ export class YamuxEncoder extends FrameEncoder {
     this.frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id, windowDelta)
   }
   data(id: number, payload: Uint8Array, fin: boolean): void {
-    this.dataFrame(YAMUX_VERSION, fin ? FLAG_FIN : 0, id, payload)
+    // FIN never rides on DATA in yamux: @chainsafe/libp2p-yamux acts on a
+    // frame's flags before its payload, so a FIN on DATA ends its stream
+    // first and the payload is dropped. hashicorp/yamux and libp2p-yamux send
+    // FIN as a WINDOW_UPDATE of their own; so do we.
+    this.dataFrame(YAMUX_VERSION, 0, id, payload)
+    if (fin) this.fin(id)
   }
   fin(id: number): void {
     this.frame(TYPE_WINDOW_UPDATE, FLAG_FIN, id, 0)
