@@ -321,10 +321,10 @@ export const make = (
       },
       onPong: (opaque) => {
         const done = pongs.get(opaque)
-        if (done !== undefined) {
-          pongs.delete(opaque)
-          done(clock.currentTimeMillisUnsafe())
-        }
+        if (done === undefined) return false
+        pongs.delete(opaque)
+        done(clock.currentTimeMillisUnsafe())
+        return true
       },
       onEnd: (failure) => {
         if (failure !== undefined) {

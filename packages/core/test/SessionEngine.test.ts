@@ -22,7 +22,7 @@ const config: EngineConfig = {
 const hooks = (): EngineHooks => ({
   wakeWriter: () => {},
   onIncoming: () => {},
-  onPong: () => {},
+  onPong: () => true,
   onEnd: () => {},
   hasHandler: () => false,
   now: () => 0
@@ -46,6 +46,7 @@ const dataOrder = (batch: ReadonlyArray<Uint8Array>) => {
     goAway: () => {},
     priority: () => {},
     setting: () => {},
+    empty: () => {},
     malformed: (detail) => {
       throw new Error(detail)
     }
@@ -103,6 +104,7 @@ describe("Session scheduler", () => {
       goAway: () => {},
       priority: () => {},
       setting: () => kinds.push("setting"),
+      empty: () => {},
       malformed: (detail) => {
         throw new Error(detail)
       }

@@ -634,6 +634,36 @@ for (const codec of codecs) {
         assert.strictEqual(stats.backlog, 0)
       }))
 
+    it.effect("frames that carry nothing count toward the flood limit and end with ENHANCE_YOUR_CALM", () =>
+      Effect.gen(function*() {
+        const peer = yield* rawPeer(codec, { floodLimit: 50 })
+        yield* peer.send(peer.w.open(1))
+        yield* peer.sync
+        // Zero-delta window updates, empty DATA without flags, and answers to pings never sent.
+        const nothing: Array<Uint8Array> = []
+        for (let i = 0; i < 20; i++) {
+          nothing.push(
+            peer.w.windowUpdate(1, 0),
+            peer.w.data(1, new Uint8Array(0)),
+            codec === "plexus" ? frame(1, PING, ACK, 0, 4, u32s(0x9000 + i)) : frame(0, PING, ACK, 0, 0x9000 + i)
+          )
+        }
+        yield* peer.send(...nothing)
+        const error = yield* sessionFailure(peer.session)
+        assertLimitExceeded(error, /per 1000 ms/)
+        const goAway = yield* peer.until(isGoAway)
+        assert.strictEqual(goAwayCode(codec, goAway), calmOnWire(codec))
+      }))
+
+    it.effect("a stream opened by a peer that already sent GO_AWAY is refused", () =>
+      Effect.gen(function*() {
+        const peer = yield* rawPeer(codec)
+        yield* peer.send(peer.w.goAway(Session.Code.NO_ERROR), peer.w.open(1))
+        const refusal = yield* peer.until((f) => isReset(codec, f) && f.id === 1)
+        if (codec === "plexus") assert.strictEqual(resetCode(codec, refusal), Session.Code.REFUSED_STREAM)
+        assert.strictEqual((yield* peer.stats).openStreams, 0)
+      }))
+
     it.effect("a stream reset before it was accepted frees its place in the backlog", () =>
       Effect.gen(function*() {
         const peer = yield* rawPeer(codec, { acceptBacklog: 2 })

@@ -107,6 +107,8 @@ export class StreamState {
   sendBytes = 0
   sendWindow = INITIAL_WINDOW
   writeWakers: Array<Waker> | undefined = undefined
+  /** DATA frames sent after the peer's FIN: each may draw a WINDOW_UPDATE that arrives after the stream closed. */
+  lateFrames = 0
   // scheduler
   ready = false
   next: StreamState | undefined = undefined
@@ -147,7 +149,8 @@ export interface EngineHooks {
   /** A new inbound stream passed every check (it is in the backlog, or typed). */
   readonly onIncoming: (stream: StreamState) => void
   /** A ping answer arrived. */
-  readonly onPong: (opaque: number) => void
+  /** Answers whether the ping was outstanding. */
+  readonly onPong: (opaque: number) => boolean
   /** The session failed or finished going away; the Effect layer tears down. */
   readonly onEnd: (failure: SessionFailure | undefined) => void
   /** Whether a handler exists for a stream type (plexus typed streams). */
@@ -210,6 +213,14 @@ export class Engine implements FrameSink {
   // flood accounting
   private floodCount = 0
   private floodWindowStart = 0
+  /**
+   * Frames for closed streams that were legitimately in flight, not counted
+   * as a flood: every stream that closes may be followed by one, plus one
+   * WINDOW_UPDATE per DATA frame sent after the peer's FIN (libp2p-yamux
+   * credits every DATA frame at once, before it reads our FIN). Capped at
+   * the flood limit, so a peer gains at most that many free frames.
+   */
+  private lateAllowance = 0
 
   constructor(config: EngineConfig, encoder: FrameEncoder, hooks: EngineHooks) {
     this.config = config
@@ -318,6 +329,7 @@ export class Engine implements FrameSink {
       if (stream.type === 0 && !stream.acked) this.stats.backlog--
     }
     this.stats.grantedWindow -= stream.windowSize
+    this.lateAllowance = Math.min(this.lateAllowance + 1 + stream.lateFrames, this.config.floodLimit)
     if (this.openWakers.length > 0) this.wakeAll(this.openWakers)
     this.maybeFinishGoAway()
   }
@@ -339,6 +351,10 @@ export class Engine implements FrameSink {
     const last = this.isPeerId(id) ? this.lastPeerId : this.lastLocalId
     if (id > last) return this.protocolError(`${what} for idle stream ${id}`)
     this.stats.ignoredFrames++
+    if (this.lateAllowance > 0) {
+      this.lateAllowance--
+      return
+    }
     this.flood("frames for closed streams")
   }
 
@@ -352,7 +368,8 @@ export class Engine implements FrameSink {
       this.control()
       this.flood("refused streams")
     }
-    if (this.goingAway || this.failure !== undefined) return refuse(CODE_REFUSED_STREAM)
+    // Neither side opens streams after GO_AWAY: ours, or the peer's own.
+    if (this.goingAway || this.peerGoneAway || this.failure !== undefined) return refuse(CODE_REFUSED_STREAM)
     if (this.stats.inboundStreams >= this.config.maxInboundStreams) return refuse(CODE_REFUSED_STREAM)
     if (type !== 0 && !this.hooks.hasHandler(type)) return refuse(CODE_REFUSED_STREAM)
     if (type === 0 && this.stats.backlog >= this.config.acceptBacklog) return refuse(CODE_REFUSED_STREAM)
@@ -466,7 +483,11 @@ export class Engine implements FrameSink {
   }
 
   ping(ack: boolean, opaque: number): void {
-    if (ack) return this.hooks.onPong(opaque)
+    if (ack) {
+      // An answer nobody asked for is work for nothing.
+      if (!this.hooks.onPong(opaque)) this.flood("unsolicited ping answers")
+      return
+    }
     if (this.flood("pings")) return
     this.encoder.ping(true, opaque)
     this.stats.pingsAnswered++
@@ -537,6 +558,11 @@ export class Engine implements FrameSink {
         this.peerMaxStreams = value
         return
     }
+  }
+
+  empty(id: number): void {
+    if (id !== 0 && !this.streams.has(id)) return this.unknownStream(id, "an empty frame")
+    this.flood("empty frames")
   }
 
   malformed(detail: string, offset: number): void {
@@ -911,6 +937,7 @@ export class Engine implements FrameSink {
         const last = stream.sendBytes === 0
         const fin = last && stream.localFin
         encoder.data(stream.id, piece, fin)
+        if (stream.remoteFin) stream.lateFrames++
         if (fin) {
           stream.finSent = true
           this.maybeForget(stream)

@@ -69,6 +69,8 @@ export interface FrameSink {
   goAway(code: number, lastStreamId: number | undefined, reason: string): void
   priority(id: number, urgency: number, incremental: boolean): void
   setting(id: number, value: number): void
+  /** A frame that asks nothing and carries nothing (a flood when many). */
+  empty(id: number): void
   /** A frame the codec cannot accept: the session must end. */
   malformed(detail: string, offset: number): void
 }
@@ -206,6 +208,7 @@ abstract class BaseDecoder implements FrameDecoder {
 
   protected beginData(id: number, flags: number, length: number): void {
     if (length > this.maxData) return this.fail(`DATA frame of ${length} bytes exceeds the maximum of ${this.maxData}`)
+    if (length === 0 && (flags & (FLAG_SYN | FLAG_ACK | FLAG_FIN | FLAG_RST)) === 0) return this.sink.empty(id)
     this.dataId = id
     this.dataFlags = flags
     this.dataKeep = this.sink.dataStart(id, length)
@@ -262,6 +265,7 @@ export class YamuxDecoder extends BaseDecoder {
         }
         if (type === TYPE_DATA) return this.beginData(id, flags, length)
         if (!(flags & FLAG_SYN) && length > 0) sink.windowUpdate(id, length)
+        else if ((flags & (FLAG_SYN | FLAG_ACK | FLAG_FIN | FLAG_RST)) === 0) return sink.empty(id)
         if (this.dead) return
         return this.onDataEnd(id, flags)
       }
@@ -305,6 +309,8 @@ export class PlexusDecoder extends BaseDecoder {
     if (type > TYPE_SETTINGS) {
       // Forward compatibility: skip what we do not know, within the frame limit.
       if (length > this.maxData) return this.fail(`frame of ${length} bytes exceeds the maximum of ${this.maxData}`)
+      this.sink.empty(0)
+      if (this.dead) return
       return this.skip(length)
     }
     if (length < CONTROL_MIN[type] || length > CONTROL_MAX[type] || (type === TYPE_SETTINGS && length % 6 !== 0)) {
@@ -326,6 +332,7 @@ export class PlexusDecoder extends BaseDecoder {
         }
         const delta = readU32(p, 0)
         if (delta > 0) sink.windowUpdate(id, delta)
+        else if ((flags & (FLAG_ACK | FLAG_FIN)) === 0) return sink.empty(id)
         if (this.dead) return
         if (flags & FLAG_FIN) sink.fin(id)
         return
