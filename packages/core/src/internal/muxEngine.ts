@@ -308,6 +308,11 @@ export class Engine implements FrameSink {
     this.stats.queuedSendBytes -= stream.sendBytes
     stream.send = undefined
     stream.sendBytes = 0
+    // Out of the scheduler too, so an idle writer knows there is nothing left.
+    if (stream.ready) {
+      this.unlink(stream)
+      stream.ready = false
+    }
     this.forget(stream)
     if (stream.readWaker !== undefined) this.readWake.push(stream)
     if (stream.writeWakers !== undefined) this.wakeAll(stream.writeWakers)
@@ -943,9 +948,10 @@ export class Engine implements FrameSink {
           this.maybeForget(stream)
         }
         if (stream.writeWakers !== undefined && stream.sendBytes < this.config.sendBufferBytes) {
-          this.wakeAll(stream.writeWakers)
+          // Woken after the batch: a woken writer may run at once and queue more.
+          this.drained.push(stream)
         }
-        if (!last) {
+        if (!last && !stream.ready) {
           if (stream.sendWindow > 0) {
             stream.ready = true
             this.link(stream)
@@ -957,8 +963,18 @@ export class Engine implements FrameSink {
       }
     }
     this.stats.controlQueued = 0
-    return encoder.flush()
+    const batch = encoder.flush()
+    const drained = this.drained
+    for (let i = 0; i < drained.length; i++) {
+      const wakers = drained[i].writeWakers
+      if (wakers !== undefined) this.wakeAll(wakers)
+    }
+    drained.length = 0
+    return batch
   }
+
+  /** Streams whose writers may go on once the batch is built. */
+  private readonly drained: Array<StreamState> = []
 
   private sendFin(stream: StreamState): void {
     this.encoder.fin(stream.id)
