@@ -80,6 +80,11 @@ export const streamError = (u: unknown): StreamError | undefined => {
 
 const encoder = new TextEncoder()
 
+// Made once: building a SocketError (a validated Schema error with a stack)
+// on every end of stream cost more than the stream itself.
+const endOfStream = Transport.closedError(Transport.CLOSE_NORMAL)
+const readerClosed = Transport.closedError(Transport.CLOSE_ABNORMAL, "reader closed")
+
 /** @internal */
 export const toStreamError = (
   id: number,
@@ -169,10 +174,10 @@ export class MuxStreamImpl implements MuxStream {
       if (chunks !== undefined) return Effect.succeed(chunks as unknown as NonEmptyReadonlyArray<Uint8Array>)
       if (this.closedReader) {
         this.closedReader = false
-        return Effect.fail(Transport.closedError(Transport.CLOSE_ABNORMAL, "reader closed"))
+        return Effect.fail(readerClosed)
       }
       if (state.failure !== undefined) return Effect.fail(this.readFailure())
-      if (state.remoteFin || state.readClosed) return Effect.fail(Transport.closedError(Transport.CLOSE_NORMAL))
+      if (state.remoteFin || state.readClosed) return Effect.fail(endOfStream)
       return Effect.andThen(this.waitRead(), this.pull())
     })
   }

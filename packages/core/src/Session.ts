@@ -287,6 +287,15 @@ export const make = (
     const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? "5 seconds")
 
     let writerWaker: (() => void) | undefined
+    let wakeScheduled = false
+    const wakeNow = () => {
+      wakeScheduled = false
+      const waker = writerWaker
+      if (waker !== undefined) {
+        writerWaker = undefined
+        waker()
+      }
+    }
     const ended = yield* Deferred.make<void, SessionError>()
     let sessionError: SessionError | undefined
     const pongs = new Map<number, (at: number) => void>()
@@ -309,12 +318,13 @@ export const make = (
       floodWindowMs: 1000,
       firstStreamId: options.firstStreamId
     }, codec === "yamux" ? new YamuxEncoder() : new PlexusEncoder(), {
+      // Wake-ups are coalesced to the end of the current turn, so the frames
+      // that one turn produces (an open, its data, its FIN, window updates)
+      // leave in one write instead of one write each.
       wakeWriter: () => {
-        const waker = writerWaker
-        if (waker !== undefined) {
-          writerWaker = undefined
-          waker()
-        }
+        if (writerWaker === undefined || wakeScheduled) return
+        wakeScheduled = true
+        queueMicrotask(wakeNow)
       },
       onIncoming: (stream) => {
         if (stream.type !== 0) handlers.get(stream.type)?.(stream)
@@ -524,7 +534,20 @@ export const make = (
           new SessionError({ reason: new UnsupportedByCodec({ codec, feature: "stream types" }), retryable: false })
         )
       }
-      return tryOpen(o).pipe(
+      return Effect.suspend(() => {
+        // The common case opens at once; only an open that must wait for a
+        // place pays for the timeout.
+        if (engine.openBlocker() === undefined) {
+          const state = engine.openStream(o?.type ?? 0, o?.urgency ?? 3, o?.incremental ?? true)
+          reportStreams()
+          return own(wrap(state))
+        }
+        return waitingOpen(o)
+      })
+    }
+
+    const waitingOpen = (o: OpenOptions | undefined): Effect.Effect<MuxStream, SessionError, Scope.Scope> =>
+      tryOpen(o).pipe(
         Effect.timeoutOrElse({
           duration: openTimeout,
           orElse: () =>
@@ -537,7 +560,6 @@ export const make = (
         }),
         Effect.flatMap(own)
       )
-    }
 
     const takeNext: Effect.Effect<MuxStreamImpl, SessionError> = Effect.suspend(() => {
       const state = engine.takeAccepted()
