@@ -14,6 +14,7 @@ import * as MuxStream from "../src/MuxStream.ts"
 import * as Session from "../src/Session.ts"
 import * as Transport from "../src/Transport.ts"
 import { transportSuite } from "./fixtures/TransportSuite.ts"
+import { readToEnd } from "./fixtures/Streams.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (chunks: ReadonlyArray<Uint8Array>) => chunks.map((c) => new TextDecoder().decode(c)).join("")
@@ -27,19 +28,7 @@ const sessionPair = (codec: Session.Codec, options?: Partial<Session.Options>, f
   })
 
 /** Reads a stream to its end. */
-const readAll = (stream: Socket.Socket) =>
-  Effect.gen(function*() {
-    const reader = yield* stream.reader
-    const out: Array<Uint8Array> = []
-    while (true) {
-      const result = yield* Effect.result(reader.pull)
-      if (result._tag === "Failure") {
-        if (Transport.isCleanClose(result.failure)) return out
-        return yield* Effect.fail(result.failure)
-      }
-      for (const chunk of result.success) out.push(typeof chunk === "string" ? text(chunk) : chunk)
-    }
-  }).pipe(Effect.scoped)
+const readAll = readToEnd
 
 for (const codec of ["plexus", "yamux"] as const) {
   describe(`Session (${codec})`, () => {

@@ -19,6 +19,7 @@ import * as MuxStream from "../src/MuxStream.ts"
 import * as Session from "../src/Session.ts"
 import type { SessionError } from "../src/SessionError.ts"
 import * as Transport from "../src/Transport.ts"
+import { readToEnd } from "./fixtures/Streams.ts"
 
 // ---------------------------------------------------------------------------
 // The wire, by hand
@@ -282,20 +283,8 @@ const expectProtocolViolation = (peer: RawPeer, detail?: RegExp) =>
     return error
   })
 
-/** Reads a stream to its end. */
-const readAll = (stream: Socket.Socket) =>
-  Effect.gen(function*() {
-    const reader = yield* stream.reader
-    const out: Array<Uint8Array> = []
-    while (true) {
-      const result = yield* Effect.result(reader.pull)
-      if (result._tag === "Failure") {
-        if (Transport.isCleanClose(result.failure)) return concat(out)
-        return yield* Effect.fail(result.failure)
-      }
-      for (const chunk of result.success) out.push(typeof chunk === "string" ? new TextEncoder().encode(chunk) : chunk)
-    }
-  }).pipe(Effect.scoped)
+/** Reads a stream to its end, as one buffer. */
+const readAll = (stream: Socket.Socket) => Effect.map(readToEnd(stream), concat)
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)

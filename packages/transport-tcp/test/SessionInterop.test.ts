@@ -18,6 +18,7 @@ import * as Net from "node:net"
 import { Tcp } from "../src/index.ts"
 import { type Libp2pYamuxOptions, type Libp2pYamuxPeer, type PeerStream, PeerStreamError, wrap } from "./fixtures/libp2pYamux.ts"
 import { within } from "./helpers.ts"
+import { readToEnd } from "@plexus/core/test/fixtures/Streams.ts"
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -108,19 +109,7 @@ const connect = (ours: "client" | "server", options: PairOptions = {}): Effect.E
 // ---------------------------------------------------------------------------
 
 /** Reads one of our streams to its clean end; fails with the stream's error otherwise. */
-const readAll = (stream: Socket.Socket) =>
-  Effect.gen(function*() {
-    const reader = yield* stream.reader
-    const out: Array<Uint8Array> = []
-    while (true) {
-      const result = yield* Effect.result(reader.pull)
-      if (result._tag === "Failure") {
-        if (Transport.isCleanClose(result.failure)) return Buffer.concat(out)
-        return yield* Effect.fail(result.failure)
-      }
-      for (const chunk of result.success) out.push(typeof chunk === "string" ? text(chunk) : chunk)
-    }
-  }).pipe(Effect.scoped)
+const readAll = (stream: Socket.Socket) => Effect.map(readToEnd(stream), (chunks) => Buffer.concat(chunks))
 
 /** Reads to the clean end, hashing as it goes: the byte count and the SHA-256. */
 const hashAll = (stream: Socket.Socket) =>
