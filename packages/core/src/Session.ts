@@ -111,7 +111,7 @@ export interface Options {
   readonly maxInboundStreams?: number | undefined
   /** Concurrent streams this side may open. Default 1000. */
   readonly maxOutboundStreams?: number | undefined
-  /** Largest DATA payload accepted (plexus) and sent (yamux: 64 KiB). Default 64 KiB. */
+  /** Largest DATA payload accepted (plexus, announced to the peer) and sent. Default 256 KiB for plexus, 64 KiB for yamux. */
   readonly maxFrameSize?: number | undefined
   /** Bound on control frames queued behind a blocked transport. Default 1000. */
   readonly maxControlQueue?: number | undefined
@@ -278,7 +278,9 @@ export const make = (
     const scope = yield* Effect.scope
     const clock = yield* Clock.Clock
     const context = yield* Effect.context<never>()
-    const frameSize = options.maxFrameSize ?? 64 * 1024
+    // plexus peers announce their frame size, so ours can be larger than the
+    // 64 KiB every yamux peer is known to accept.
+    const frameSize = options.maxFrameSize ?? (codec === "plexus" ? 256 * 1024 : 64 * 1024)
     const keepAlive = options.keepAlive === false ? undefined : {
       interval: Duration.toMillis(Duration.fromInputUnsafe(options.keepAlive?.interval ?? "15 seconds")),
       timeout: Duration.toMillis(Duration.fromInputUnsafe(options.keepAlive?.timeout ?? "10 seconds"))

@@ -921,27 +921,36 @@ export class Engine implements FrameSink {
           this.stats.windowStalls++
           continue
         }
-        let head = queue[stream.sendHead]
-        let piece: Uint8Array
-        if (head.length <= allowed) {
-          piece = head
-          queue[stream.sendHead++] = EMPTY
-        } else {
-          piece = head.subarray(0, allowed)
-          queue[stream.sendHead] = head.subarray(allowed)
+        // One frame takes as many queued writes as the window, the frame size
+        // and the batch allow: fewer frames, fewer wake-ups at the other end.
+        const pieces = this.pieces
+        let taken = 0
+        while (taken < allowed && stream.sendHead < queue.length) {
+          const head = queue[stream.sendHead]
+          const room = allowed - taken
+          if (head.length <= room) {
+            pieces.push(head)
+            queue[stream.sendHead++] = EMPTY
+            taken += head.length
+          } else {
+            pieces.push(head.subarray(0, room))
+            queue[stream.sendHead] = head.subarray(room)
+            taken += room
+          }
         }
-        stream.sendBytes -= piece.length
-        this.stats.queuedSendBytes -= piece.length
-        stream.sendWindow -= piece.length
-        budget -= piece.length + 12
-        this.stats.bytesOut += piece.length
+        stream.sendBytes -= taken
+        this.stats.queuedSendBytes -= taken
+        stream.sendWindow -= taken
+        budget -= taken + 12
+        this.stats.bytesOut += taken
         if (stream.sendHead === queue.length) {
           stream.send = undefined
           stream.sendHead = 0
         }
         const last = stream.sendBytes === 0
         const fin = last && stream.localFin
-        encoder.data(stream.id, piece, fin)
+        encoder.data(stream.id, pieces, taken, fin)
+        pieces.length = 0
         if (stream.remoteFin) stream.lateFrames++
         if (fin) {
           stream.finSent = true
@@ -959,7 +968,6 @@ export class Engine implements FrameSink {
             this.stats.windowStalls++
           }
         }
-        head = EMPTY
       }
     }
     this.stats.controlQueued = 0
@@ -972,6 +980,9 @@ export class Engine implements FrameSink {
     drained.length = 0
     return batch
   }
+
+  /** Scratch list of the pieces of the DATA frame being built. */
+  private readonly pieces: Array<Uint8Array> = []
 
   /** Streams whose writers may go on once the batch is built. */
   private readonly drained: Array<StreamState> = []

@@ -388,7 +388,7 @@ export abstract class FrameEncoder {
   frames = 0
 
   /** Room for `size` contiguous bytes in the slab; answers their offset. */
-  private reserve(size: number): number {
+  protected reserve(size: number): number {
     if (this.used + size > this.slab.length) {
       if (this.used > this.runStart) this.out.push(this.slab.subarray(this.runStart, this.used))
       this.slab = new Uint8Array(Math.max(SLAB, size))
@@ -418,19 +418,34 @@ export abstract class FrameEncoder {
     return at + HEADER_SIZE
   }
 
-  /** A DATA frame: small payloads copied behind the header, large ones referenced. */
-  protected dataFrame(version: number, flags: number, id: number, payload: Uint8Array): void {
-    const length = payload.length
+  /**
+   * A DATA frame carrying `pieces` (`length` bytes in all): small pieces are
+   * copied behind the header, large ones referenced, so one frame can carry
+   * several queued writes without copying them.
+   */
+  protected dataFrame(version: number, flags: number, id: number, pieces: ReadonlyArray<Uint8Array>, length: number): void {
     if (length <= COPY_LIMIT) {
-      const at = this.header(version, TYPE_DATA, flags, id, length, length)
-      this.slab.set(payload, at)
+      let at = this.header(version, TYPE_DATA, flags, id, length, length)
+      for (let i = 0; i < pieces.length; i++) {
+        this.slab.set(pieces[i], at)
+        at += pieces[i].length
+      }
       return
     }
     this.header(version, TYPE_DATA, flags, id, length, 0)
-    this.out.push(this.slab.subarray(this.runStart, this.used))
-    this.runStart = this.used
-    this.out.push(payload)
-    this.bytes += length
+    for (let i = 0; i < pieces.length; i++) {
+      const piece = pieces[i]
+      if (piece.length <= COPY_LIMIT) {
+        // Reserve first: it may start a new slab.
+        const at = this.reserve(piece.length)
+        this.slab.set(piece, at)
+        continue
+      }
+      if (this.used > this.runStart) this.out.push(this.slab.subarray(this.runStart, this.used))
+      this.runStart = this.used
+      this.out.push(piece)
+      this.bytes += piece.length
+    }
   }
 
   /** Takes the batch (undefined when empty). */
@@ -453,7 +468,7 @@ export abstract class FrameEncoder {
 
   abstract open(id: number, type: number, urgency: number, incremental: boolean, windowDelta: number): void
   abstract ack(id: number, windowDelta: number): void
-  abstract data(id: number, payload: Uint8Array, fin: boolean): void
+  abstract data(id: number, pieces: ReadonlyArray<Uint8Array>, length: number, fin: boolean): void
   abstract fin(id: number): void
   abstract reset(id: number, code: number): void
   abstract windowUpdate(id: number, delta: number): void
@@ -477,12 +492,12 @@ export class YamuxEncoder extends FrameEncoder {
   ack(id: number, windowDelta: number): void {
     this.frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id, windowDelta)
   }
-  data(id: number, payload: Uint8Array, fin: boolean): void {
+  data(id: number, pieces: ReadonlyArray<Uint8Array>, length: number, fin: boolean): void {
     // FIN never rides on DATA in yamux: @chainsafe/libp2p-yamux acts on a
     // frame's flags before its payload, so a FIN on DATA ends its stream
     // first and the payload is dropped. hashicorp/yamux and libp2p-yamux send
     // FIN as a WINDOW_UPDATE of their own; so do we.
-    this.dataFrame(YAMUX_VERSION, 0, id, payload)
+    this.dataFrame(YAMUX_VERSION, 0, id, pieces, length)
     if (fin) this.fin(id)
   }
   fin(id: number): void {
@@ -522,8 +537,8 @@ export class PlexusEncoder extends FrameEncoder {
   ack(id: number, windowDelta: number): void {
     writeU32(this.slab, this.control(TYPE_WINDOW_UPDATE, FLAG_ACK, id, 4), windowDelta)
   }
-  data(id: number, payload: Uint8Array, fin: boolean): void {
-    this.dataFrame(PLEXUS_VERSION, fin ? FLAG_FIN : 0, id, payload)
+  data(id: number, pieces: ReadonlyArray<Uint8Array>, length: number, fin: boolean): void {
+    this.dataFrame(PLEXUS_VERSION, fin ? FLAG_FIN : 0, id, pieces, length)
   }
   fin(id: number): void {
     writeU32(this.slab, this.control(TYPE_WINDOW_UPDATE, FLAG_FIN, id, 4), 0)
