@@ -93,27 +93,12 @@ const serveSession = async (codec: "plexus" | "yamux") => {
       }
     }))
 
-  /** Reads exactly one request, then answers it and half-closes. */
-  const answer = (stream: Socket.Socket) =>
-    Effect.scoped(Effect.gen(function*() {
-      const reader = yield* stream.reader
-      let got = 0
-      while (got < REQUEST_SIZE) {
-        const batch = yield* reader.pull
-        for (let i = 0; i < batch.length; i++) got += batch[i].length
-      }
-      const writer = yield* stream.writer
-      yield* writer.write(RESPONSE)
-    }))
-
   const handler = (counter: ReturnType<typeof makeCounter>) => (stream: Socket.Socket) =>
-    mode === "sink"
-      ? Effect.andThen(
-        drain(stream, counter.add),
-        // Half-close our side too, so the stream finishes cleanly both ways.
-        Effect.scoped(Effect.flatMap(stream.writer, () => Effect.sync(counter.ended)))
-      )
-      : answer(stream)
+    Effect.andThen(
+      drain(stream, counter.add),
+      // Half-close our side too, so the stream finishes cleanly both ways.
+      Effect.scoped(Effect.flatMap(stream.writer, () => Effect.sync(counter.ended)))
+    )
 
   Effect.runFork(
     Effect.scoped(Effect.gen(function*() {
@@ -123,7 +108,15 @@ const serveSession = async (codec: "plexus" | "yamux") => {
         Effect.scoped(Effect.gen(function*() {
           const session = yield* Session.make(socket, { role: "server", codec, keepAlive: false, ...SESSION_LIMITS })
           const counter = makeCounter()
-          yield* Effect.forkScoped(session.run(handler(counter)))
+          yield* Effect.forkScoped(
+            mode === "reqresp"
+              // The other side of session.request: collect, answer, half-close.
+              ? session.serveRequests((request) =>
+                request.length === REQUEST_SIZE
+                  ? Effect.succeed(RESPONSE)
+                  : Effect.die(new Error(`request of ${request.length} bytes`)))
+              : session.run(handler(counter))
+          )
           yield* session.closed.pipe(Effect.ignore)
         }))
       )

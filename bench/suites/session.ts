@@ -19,10 +19,9 @@
  */
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import type * as Socket from "effect/socket/Socket"
 import { Buffer } from "node:buffer"
 import * as Net from "node:net"
-import { Session, Transport } from "@plexus/core"
+import { Session } from "@plexus/core"
 import { Tcp } from "@plexus/transport-tcp"
 import * as Child from "../harness/Child.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
@@ -167,36 +166,18 @@ const sendSession = (codec: Session.Codec, streams: number, perStream: number): 
 // Requests: open + 1 KiB request + 1 KiB response + close
 // ---------------------------------------------------------------------------
 
-/** Reads a stream to its end; answers the byte count. */
-const readToEnd = (stream: Socket.Socket) =>
-  Effect.scoped(Effect.gen(function*() {
-    const reader = yield* stream.reader
-    let bytes = 0
-    while (true) {
-      const result = yield* Effect.result(reader.pull)
-      if (result._tag === "Failure") {
-        if (Transport.isCleanClose(result.failure)) return bytes
-        return yield* Effect.fail(result.failure)
-      }
-      const batch = result.success
-      for (let i = 0; i < batch.length; i++) bytes += batch[i].length
-    }
-  }))
-
 /**
- * `total` requests at `concurrency`, each on a new stream of one session:
- * open, write the request and half-close, read the response to its end.
+ * `total` requests at `concurrency`, each on a new stream of one session
+ * through `session.request`: open, write the request and half-close, read
+ * the response to its end.
  * Answers streams per second.
  */
 const sessionRequests = (codec: Session.Codec, total: number, concurrency: number) => (port: number) => {
   const started = performance.now()
   return withSession(port, codec, (session) => {
-    const one = Effect.scoped(Effect.gen(function*() {
-      const stream = yield* session.open()
-      yield* Effect.scoped(Effect.flatMap(stream.writer, (writer) => writer.write(REQUEST)))
-      const bytes = yield* readToEnd(stream)
-      if (bytes !== RESPONSE_SIZE) return yield* Effect.die(new Error(`response of ${bytes} bytes`))
-    }))
+    // session.request: open, send and half-close, collect the reply to its end.
+    const one = Effect.flatMap(session.request(REQUEST), (reply) =>
+      reply.length === RESPONSE_SIZE ? Effect.void : Effect.die(new Error(`response of ${reply.length} bytes`)))
     let remaining = total
     const worker = Effect.whileLoop({
       while: () => remaining > 0,

@@ -51,7 +51,9 @@ import {
   OpenTimeout,
   ProtocolViolation,
   SessionError,
+  StreamError,
   StreamIdsExhausted,
+  StreamReset,
   TransportClosed,
   UnsupportedByCodec
 } from "./SessionError.ts"
@@ -181,6 +183,29 @@ export interface Session {
   readonly run: <R, E, _>(
     handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>
   ) => Effect.Effect<never, SocketServer.SocketServerError, R>
+  /**
+   * The stream-per-request pattern in one step: opens a stream, sends
+   * `body`, half-closes, and collects the whole reply until the peer's FIN.
+   * Runs on the engine's callbacks, with no fiber per stream or chunk.
+   * Interrupting it resets the stream (CANCEL), so the peer's handler is
+   * told. A reply larger than `maxResponseBytes` (default 64 MiB) resets the
+   * stream and fails.
+   */
+  readonly request: (
+    body: Uint8Array | ReadonlyArray<Uint8Array>,
+    options?: OpenOptions & { readonly maxResponseBytes?: number | undefined }
+  ) => Effect.Effect<Uint8Array, SessionError | StreamError>
+  /**
+   * The other side of `request`: for every incoming stream, collects the
+   * request until the peer's FIN, runs `handler` on it in a fiber of its
+   * own, and sends what it answers followed by FIN. A handler failure resets
+   * the stream (INTERNAL_ERROR). A request larger than `maxRequestBytes`
+   * (default 64 MiB) resets the stream. Runs until the session ends.
+   */
+  readonly serveRequests: <E, R>(
+    handler: (request: Uint8Array, stream: MuxStream) => Effect.Effect<Uint8Array | ReadonlyArray<Uint8Array>, E, R>,
+    options?: { readonly maxRequestBytes?: number | undefined }
+  ) => Effect.Effect<void, SessionError, R>
   /** Sends a ping and waits for its answer: the round-trip time. */
   readonly ping: Effect.Effect<Duration.Duration, SessionError>
   /** The smoothed round-trip time, once measured. */
@@ -620,6 +645,136 @@ export const make = (
       )
     )
 
+    // Requests --------------------------------------------------------------
+
+    const concatAll = (chunks: ReadonlyArray<Uint8Array>, total: number): Uint8Array => {
+      if (chunks.length === 1) return chunks[0]
+      const out = new Uint8Array(total)
+      let at = 0
+      for (let i = 0; i < chunks.length; i++) {
+        out.set(chunks[i], at)
+        at += chunks[i].length
+      }
+      return out
+    }
+
+    /**
+     * Collects everything a stream receives until the peer's FIN, on the
+     * engine's callbacks. `onDone` gets the bytes, or undefined when the
+     * stream failed or grew past `max` (then it was reset).
+     */
+    const collect = (state: StreamState, max: number, onDone: (bytes: Uint8Array | undefined) => void): void => {
+      const chunks: Array<Uint8Array> = []
+      let total = 0
+      const check = (): void => {
+        const got = engine.takeReceived(state)
+        if (got !== undefined) {
+          for (let i = 0; i < got.length; i++) {
+            chunks.push(got[i])
+            total += got[i].length
+          }
+          if (total > max) {
+            engine.resetStream(state, Code.CANCEL)
+            return onDone(undefined)
+          }
+        }
+        if (state.failure !== undefined) return onDone(undefined)
+        if (state.remoteFin) return onDone(concatAll(chunks, total))
+        state.readWaker = check
+      }
+      check()
+    }
+
+    const send = (state: StreamState, body: Uint8Array | ReadonlyArray<Uint8Array>): void => {
+      if (body instanceof Uint8Array) engine.write(state, body)
+      else for (let i = 0; i < body.length; i++) engine.write(state, body[i])
+      engine.closeWrite(state)
+    }
+
+    const request = (
+      body: Uint8Array | ReadonlyArray<Uint8Array>,
+      o?: OpenOptions & { readonly maxResponseBytes?: number | undefined }
+    ): Effect.Effect<Uint8Array, SessionError | StreamError> => {
+      const max = o?.maxResponseBytes ?? 64 * 1024 * 1024
+      const exchange = (stream: MuxStreamImpl) =>
+        Effect.callback<Uint8Array, StreamError>((resume) => {
+          const state = stream.state
+          send(state, body)
+          let done = false
+          collect(state, max, (bytes) => {
+            done = true
+            if (bytes !== undefined) return resume(Effect.succeed(bytes))
+            resume(Effect.fail(
+              stream.typedError() ?? new StreamError({
+                streamId: state.id,
+                reason: new StreamReset({ code: Code.CANCEL, byPeer: false }),
+                retryable: false
+              })
+            ))
+          })
+          if (done) return
+          // Interrupted: the caller no longer wants the answer.
+          return Effect.sync(() => {
+            state.readWaker = undefined
+            engine.resetStream(state, Code.CANCEL)
+          })
+        })
+      return Effect.suspend(() => {
+        if ((o?.type ?? 0) !== 0 && codec === "yamux") {
+          return Effect.fail(
+            new SessionError({ reason: new UnsupportedByCodec({ codec, feature: "stream types" }), retryable: false })
+          )
+        }
+        if (engine.openBlocker() === undefined) {
+          const state = engine.openStream(o?.type ?? 0, o?.urgency ?? 3, o?.incremental ?? true)
+          reportStreams()
+          return exchange(wrap(state))
+        }
+        return Effect.scoped(Effect.flatMap(waitingOpen(o), (stream) => exchange(stream as MuxStreamImpl)))
+      })
+    }
+
+    const serveRequests = <E, R>(
+      handler: (request: Uint8Array, stream: MuxStream) => Effect.Effect<Uint8Array | ReadonlyArray<Uint8Array>, E, R>,
+      o?: { readonly maxRequestBytes?: number | undefined }
+    ): Effect.Effect<void, SessionError, R> =>
+      Effect.gen(function*() {
+        const max = o?.maxRequestBytes ?? 64 * 1024 * 1024
+        const runFork = yield* FiberSet.runtime(handlerFibers)<R>()
+        const answer = (stream: MuxStreamImpl, requestBytes: Uint8Array) => {
+          const state = stream.state
+          const fiber = runFork(Effect.matchEffect(handler(requestBytes, stream), {
+            onFailure: () => Effect.sync(() => engine.resetStream(state, Code.INTERNAL_ERROR)),
+            onSuccess: (reply) =>
+              Effect.sync(() => {
+                state.readWaker = undefined
+                if (state.failure === undefined) send(state, reply)
+              })
+          }))
+          // A reset while the handler runs (the caller cancelled) interrupts it.
+          // Wake-ups can be spurious (a stream woken twice in one chunk), so
+          // the watch re-arms until the stream fails or the handler answers.
+          const watch = (): void => {
+            if (state.failure !== undefined) fiber.interruptUnsafe()
+            else if (fiber.pollUnsafe() === undefined) state.readWaker = watch
+          }
+          if (fiber.pollUnsafe() === undefined) state.readWaker = watch
+        }
+        while (true) {
+          const next = yield* Effect.result(takeNext)
+          if (next._tag === "Failure") {
+            const error = next.failure
+            // Going away (either side) ends serving; anything else is the session's failure.
+            if (error.reason._tag === "GoneAway") return
+            return yield* Effect.fail(error)
+          }
+          const stream = next.success
+          collect(stream.state, max, (bytes) => {
+            if (bytes !== undefined) answer(stream, bytes)
+          })
+        }
+      })
+
     // Ending --------------------------------------------------------------
 
     const finish = Effect.gen(function*() {
@@ -661,6 +816,8 @@ export const make = (
       incoming,
       handle,
       run,
+      request,
+      serveRequests,
       ping,
       rtt: Effect.sync(() => engine.rttMillis === undefined ? undefined : Duration.millis(engine.rttMillis)),
       stats: Effect.sync((): Stats => ({

@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -439,3 +440,55 @@ describe("Session layers", () => {
       assert.strictEqual(reply, "served hi")
     }))
 })
+
+for (const codec of ["plexus", "yamux"] as const) {
+  describe(`Session requests (${codec})`, () => {
+    it.live("request and serveRequests carry a stream per request, many at once", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec, {}, { split: { min: 1, max: 2000 } })
+        yield* Effect.forkScoped(server.serveRequests((request) =>
+          Effect.succeed([text("re:"), request])
+        ))
+        const replies = yield* Effect.forEach(Array.from({ length: 300 }, (_, i) => i), (i) =>
+          Effect.map(client.request(text(`#${i}`.padEnd(i * 13 % 3000, "-"))), (reply) => new TextDecoder().decode(reply)),
+          { concurrency: 64 })
+        replies.forEach((reply, i) => assert.strictEqual(reply, "re:" + `#${i}`.padEnd(i * 13 % 3000, "-")))
+        assert.strictEqual((yield* client.stats).openStreams, 0)
+      }))
+
+    it.live("interrupting a request resets its stream and interrupts the handler serving it", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const started = yield* Deferred.make<void>()
+        const interrupted = yield* Deferred.make<void>()
+        yield* Effect.forkScoped(server.serveRequests(() =>
+          Effect.andThen(Deferred.succeed(started, undefined), Effect.never).pipe(
+            Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))
+          )
+        ))
+        const call = yield* Effect.forkChild(client.request(text("slow")))
+        yield* Deferred.await(started)
+        yield* Fiber.interrupt(call)
+        yield* Deferred.await(interrupted).pipe(Effect.timeout("5 seconds"))
+        assert.strictEqual((yield* client.stats).openStreams, 0)
+      }))
+
+    it.live("a failing handler resets the stream: the caller gets a typed StreamError", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        yield* Effect.forkScoped(server.serveRequests(() => Effect.fail("nope")))
+        const error = yield* Effect.flip(client.request(text("x")))
+        assert.strictEqual(error._tag, "StreamError")
+        assert.strictEqual((error as any).reason._tag, "StreamReset")
+      }))
+
+    it.live("a reply larger than maxResponseBytes resets the stream instead of growing without bound", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        yield* Effect.forkScoped(server.serveRequests(() => Effect.succeed(new Uint8Array(1024 * 1024))))
+        const error = yield* Effect.flip(client.request(text("x"), { maxResponseBytes: 64 * 1024 }))
+        assert.strictEqual(error._tag, "StreamError")
+        assert.isAtMost((yield* client.stats).bufferedBytes, 0)
+      }))
+  })
+}
