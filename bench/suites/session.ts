@@ -24,6 +24,7 @@ import * as Net from "node:net"
 import { Session } from "@plexus/core"
 import { Tcp } from "@plexus/transport-tcp"
 import * as Child from "../harness/Child.ts"
+import * as RawTcp from "../harness/RawTcp.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
 
 const HOST = "127.0.0.1"
@@ -100,23 +101,7 @@ const timedTransfer = async (
 // ---------------------------------------------------------------------------
 
 /** Raw `node:net`: write until `write()` answers false, then wait for `'drain'`. */
-const sendRaw = (total: number): Send => (port) =>
-  new Promise<void>((resolve, reject) => {
-    const socket = Net.connect({ host: HOST, port, noDelay: true })
-    let sent = 0
-    const pump = () => {
-      while (sent < total) {
-        sent += WRITE_SIZE
-        if (!socket.write(chunk)) {
-          socket.once("drain", pump)
-          return
-        }
-      }
-      socket.end(resolve)
-    }
-    socket.once("connect", pump)
-    socket.once("error", reject)
-  })
+const sendRaw = (total: number): Send => (port) => RawTcp.sendRaw(port, total, chunk)
 
 /** Our TCP transport without a session: `Tcp.dial` + `writer.write`, as in `transport/tcp-1GiB`. */
 const sendTcp = (total: number): Send => (port, received) =>

@@ -18,8 +18,8 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import { Buffer } from "node:buffer"
-import * as Net from "node:net"
 import * as Child from "../harness/Child.ts"
+import * as RawTcp from "../harness/RawTcp.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
 
 const HOST = "127.0.0.1"
@@ -39,23 +39,7 @@ type Send = (port: number, total: number, received: Promise<unknown>) => Promise
 type Dial = (port: number) => Effect.Effect<Socket.Socket, unknown, Scope.Scope>
 
 /** Raw `node:net`: write until `write()` answers false, then wait for `'drain'`. */
-const sendRaw: Send = (port, total) =>
-  new Promise<void>((resolve, reject) => {
-    const socket = Net.connect({ host: HOST, port, noDelay: true })
-    let sent = 0
-    const pump = () => {
-      while (sent < total) {
-        sent += WRITE_SIZE
-        if (!socket.write(chunk)) {
-          socket.once("drain", pump)
-          return
-        }
-      }
-      socket.end(resolve)
-    }
-    socket.once("connect", pump)
-    socket.once("error", reject)
-  })
+const sendRaw: Send = (port, total) => RawTcp.sendRaw(port, total, chunk)
 
 /**
  * An `effect/socket` Socket: acquire the reader (which opens a lazily
