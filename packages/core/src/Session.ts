@@ -169,7 +169,11 @@ export interface Session {
   readonly open: (options?: OpenOptions) => Effect.Effect<MuxStream, SessionError, Scope.Scope>
   /** Accepts the next incoming (untyped) stream. */
   readonly accept: Effect.Effect<MuxStream, SessionError, Scope.Scope>
-  /** Incoming streams, each handed to `f` in a fiber of its own with its own scope. */
+  /**
+   * Incoming (untyped) streams as a Stream, accepted as they are pulled. It
+   * ends when this side closes and fails when the session fails. Each
+   * stream belongs to the consumer: close its write side or `reset` it.
+   */
   readonly incoming: Stream.Stream<MuxStream, SessionError>
   /**
    * Routes incoming streams of a type to a handler (plexus), for as long as
