@@ -139,7 +139,7 @@ for (const codec of ["plexus", "yamux"] as const) {
         yield* server.accept // the stalled stream: accepted, never read
         const flowingPeer = yield* server.accept
         const chunk = new Uint8Array(64 * 1024)
-        // Nobody reads `stalledPeer`: its writer stops after the window and its send buffer.
+        // Nobody reads the stalled stream: its writer stops after the window and its send buffer.
         const stalledWriter = yield* Effect.forkScoped(Effect.scoped(Effect.gen(function*() {
           const w = yield* stalled.writer
           for (let i = 0; i < 1000; i++) yield* w.write(chunk)
