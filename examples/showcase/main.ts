@@ -122,7 +122,7 @@ const sessionOverTcp = Effect.gen(function*() {
 
   const rtt = yield* session.ping
   const stats = yield* session.stats
-  yield* Console.log(`ping round trip ${Duration.toMillis(rtt).toFixed(1)} ms; ${stats.bytesOut} payload bytes out, ${stats.bytesIn} in, ${stats.openStreams} streams open`)
+  yield* Console.log(`ping round trip ${Duration.toMillis(rtt).toFixed(3)} ms; ${stats.bytesOut} payload bytes out, ${stats.bytesIn} in, ${stats.openStreams} streams open`)
   yield* session.close()
   yield* Console.log("session closed with GO_AWAY")
 })

@@ -317,6 +317,9 @@ export const make = (
     const openTimeout = Duration.fromInputUnsafe(options.openTimeout ?? "30 seconds")
     const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? "5 seconds")
 
+    // Round trips on loopback are well under a millisecond: time pings in
+    // fractions of one.
+    const nowPrecise = () => Number(clock.currentTimeNanosUnsafe()) / 1e6
     let writerWaker: (() => void) | undefined
     let wakeScheduled = false
     const wakeNow = () => {
@@ -364,7 +367,7 @@ export const make = (
         const done = pongs.get(opaque)
         if (done === undefined) return false
         pongs.delete(opaque)
-        done(clock.currentTimeMillisUnsafe())
+        done(nowPrecise())
         return true
       },
       onEnd: (failure) => {
@@ -488,7 +491,7 @@ export const make = (
         }
         const opaque = nextOpaque
         nextOpaque = (nextOpaque + 1) >>> 0 || 1
-        const sentAt = clock.currentTimeMillisUnsafe()
+        const sentAt = nowPrecise()
         pongs.set(opaque, (at) => {
           const rtt = Math.max(0, at - sentAt)
           engine.recordRtt(rtt)
