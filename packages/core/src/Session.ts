@@ -34,6 +34,7 @@ import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
 import * as Stream from "effect/Stream"
+import { concatBytes } from "./internal/bytes.ts"
 import { CODE_NO_ERROR, Engine, type EngineStats, type SessionFailure, type StreamState } from "./internal/muxEngine.ts"
 import {
   CODE_KEEPALIVE_TIMEOUT,
@@ -654,17 +655,6 @@ export const make = (
 
     // Requests --------------------------------------------------------------
 
-    const concatAll = (chunks: ReadonlyArray<Uint8Array>, total: number): Uint8Array => {
-      if (chunks.length === 1) return chunks[0]
-      const out = new Uint8Array(total)
-      let at = 0
-      for (let i = 0; i < chunks.length; i++) {
-        out.set(chunks[i], at)
-        at += chunks[i].length
-      }
-      return out
-    }
-
     /**
      * Collects everything a stream receives until the peer's FIN, on the
      * engine's callbacks. `onDone` gets the bytes, or undefined when the
@@ -686,7 +676,7 @@ export const make = (
           }
         }
         if (state.failure !== undefined) return onDone(undefined)
-        if (state.remoteFin) return onDone(concatAll(chunks, total))
+        if (state.remoteFin) return onDone(concatBytes(chunks))
         state.readWaker = check
       }
       check()

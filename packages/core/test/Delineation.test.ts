@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Schema from "effect/Schema"
 import * as Delineation from "../src/Delineation.ts"
 import * as DelineationError from "../src/DelineationError.ts"
+import { concat } from "./fixtures/Streams.ts"
 
 // Deterministic PRNG so a failing split reproduces from its seed.
 const prng = (seed: number) => () => {
@@ -9,16 +10,6 @@ const prng = (seed: number) => () => {
   let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
   t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
   return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-}
-
-const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0))
-  let at = 0
-  for (const c of chunks) {
-    out.set(c, at)
-    at += c.length
-  }
-  return out
 }
 
 const frame = (d: Delineation.Delineation, messages: ReadonlyArray<Uint8Array>): Uint8Array => {

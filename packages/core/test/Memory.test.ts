@@ -11,6 +11,7 @@ import { TestClock } from "effect/testing"
 import * as Memory from "../src/Memory.ts"
 import * as Transport from "../src/Transport.ts"
 import { transportSuite } from "./fixtures/TransportSuite.ts"
+import { concat } from "./fixtures/Streams.ts"
 
 const harness = (options?: Memory.PairOptions) => ({
   connect: Effect.map(Memory.makeBytePair(options), (pair) => [pair.a, pair.b] as const),
@@ -31,16 +32,6 @@ transportSuite(
 const bytes = (size: number, seed = 0): Uint8Array => {
   const out = new Uint8Array(size)
   for (let i = 0; i < size; i++) out[i] = (i * 7 + seed) & 0xff
-  return out
-}
-
-const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0))
-  let offset = 0
-  for (const chunk of chunks) {
-    out.set(chunk, offset)
-    offset += chunk.length
-  }
   return out
 }
 

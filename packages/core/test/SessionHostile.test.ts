@@ -19,7 +19,7 @@ import * as MuxStream from "../src/MuxStream.ts"
 import * as Session from "../src/Session.ts"
 import type { SessionError } from "../src/SessionError.ts"
 import * as Transport from "../src/Transport.ts"
-import { readToEnd } from "./fixtures/Streams.ts"
+import { concat, readToEnd } from "./fixtures/Streams.ts"
 
 // ---------------------------------------------------------------------------
 // The wire, by hand
@@ -67,16 +67,6 @@ const u32s = (...values: ReadonlyArray<number>): Uint8Array => {
   const view = new DataView(bytes.buffer)
   values.forEach((v, i) => view.setUint32(i * 4, v))
   return bytes
-}
-
-const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let at = 0
-  for (const p of parts) {
-    out.set(p, at)
-    at += p.length
-  }
-  return out
 }
 
 /** The frames a test sends, per codec: what a (possibly hostile) peer would write. */

@@ -8,6 +8,9 @@ import * as Effect from "effect/Effect"
 import type * as Socket from "effect/socket/Socket"
 import * as Fs from "node:fs"
 import { FaultProxy, Tcp, Tls } from "../src/index.ts"
+import { concat } from "@plexus/core/test/fixtures/Streams.ts"
+
+export { concat }
 
 export const cert = Fs.readFileSync(new URL("./fixtures/cert.pem", import.meta.url), "utf8")
 export const key = Fs.readFileSync(new URL("./fixtures/key.pem", import.meta.url), "utf8")
@@ -110,15 +113,6 @@ export const readToEnd = (pull: Pull) =>
     }
   })
 
-export const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0))
-  let offset = 0
-  for (const c of chunks) {
-    out.set(c, offset)
-    offset += c.length
-  }
-  return out
-}
 
 export const bytes = (size: number, seed = 0): Uint8Array => {
   const out = new Uint8Array(size)

@@ -16,6 +16,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Scheduler from "effect/Scheduler"
 import type * as Socket from "effect/socket/Socket"
+import { concatBytes } from "./bytes.ts"
 
 /** @internal */
 export interface PipeOptions {
@@ -349,7 +350,7 @@ export class Pipe {
     if (out === undefined) return undefined
     let owned = false
     if (this.options.coalesce && !messages && out.length > 1) {
-      out = [concat(out)]
+      out = [concatBytes(out)]
       owned = true
     }
     if (this.corruptMask !== 0 || this.options.corruptProbability > 0) this.corrupt(out, owned)
@@ -445,14 +446,3 @@ export class Pipe {
   }
 }
 
-const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
-  let size = 0
-  for (let i = 0; i < chunks.length; i++) size += chunks[i].length
-  const out = new Uint8Array(size)
-  let offset = 0
-  for (let i = 0; i < chunks.length; i++) {
-    out.set(chunks[i], offset)
-    offset += chunks[i].length
-  }
-  return out
-}
