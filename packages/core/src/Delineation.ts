@@ -84,6 +84,12 @@ export interface Decoder {
   readonly buffered: number
   /** Memory held for the incomplete message: at most 4x `buffered`, never the declared size. */
   readonly retained: number
+  /**
+   * Removes and returns the bytes held for the incomplete message, as
+   * received (header included), so that other code can take the byte stream
+   * over from here. The decoder starts afresh at a message boundary.
+   */
+  readonly takePending: () => Uint8Array
 }
 
 /**
@@ -567,6 +573,12 @@ class Accumulator {
     this.buf.set(src.subarray(from, to), this.length)
     this.length = needed
   }
+  // The held bytes, trimmed to their length; the accumulator starts afresh.
+  takeExact(): Uint8Array {
+    const length = this.length
+    const out = this.take()
+    return length === out.length ? out : out.slice(0, length)
+  }
   // Hands the held bytes over; the accumulator starts afresh.
   take(): Uint8Array {
     const out = this.buf
@@ -613,6 +625,11 @@ class FrameDecoder implements Decoder {
 
   get retained(): number {
     return this.acc.buf.length
+  }
+
+  takePending(): Uint8Array {
+    this.frame = 0
+    return this.acc.takeExact()
   }
 
   private failed(): DelineationError {
@@ -726,6 +743,10 @@ class DelimiterDecoder implements Decoder {
 
   get retained(): number {
     return this.acc.buf.length
+  }
+
+  takePending(): Uint8Array {
+    return this.acc.takeExact()
   }
 
   push(chunk: Uint8Array, out: Array<Uint8Array>): DelineationError | undefined {

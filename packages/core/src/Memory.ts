@@ -381,7 +381,9 @@ const makeSocket = (
     )
   })
 
-  return Socket.make({ reader, writer })
+  const socket = Socket.make({ reader, writer })
+  Transport.registerWriteBacklog(socket, () => outbound.buffered)
+  return socket
 }
 
 const makeMessageTransport = (

@@ -67,3 +67,27 @@ export const encodeText = (text: string): Uint8Array => encoder.encode(text)
 /** @internal */
 export const tooLarge = (size: number, max: number) =>
   new DelineationError({ reason: new MessageTooLarge({ size, max }) })
+
+const backlogs = new WeakMap<Socket.Socket, () => number>()
+
+/**
+ * Declares how a transport measures its write backlog: bytes accepted by
+ * `write` that have not reached the operating system (or, in memory, the
+ * peer's reader) yet. Transports call this once when they make a Socket.
+ *
+ * @category backlog
+ * @since 0.1.0
+ */
+export const registerWriteBacklog = (socket: Socket.Socket, measure: () => number): void => {
+  backlogs.set(socket, measure)
+}
+
+/**
+ * The write backlog of a Socket in bytes, where its transport measures one
+ * (TCP, TLS, memory); `undefined` otherwise. KCM's least-pending policy
+ * steers messages to the connection with the smallest backlog.
+ *
+ * @category backlog
+ * @since 0.1.0
+ */
+export const writeBacklog = (socket: Socket.Socket): number | undefined => backlogs.get(socket)?.()

@@ -366,6 +366,7 @@ export const fromNodeSocket = (conn: Net.Socket, options?: AdapterOptions): Sock
   const connection = new Connection(conn, options)
   const socket = Socket.make({ reader: connection.acquireReader, writer: connection.acquireWriter })
   registry.set(socket, conn)
+  Transport.registerWriteBacklog(socket, () => conn.writableLength)
   return socket
 }
 
