@@ -1,24 +1,51 @@
+/**
+ * KCM semantics over in-memory connections: atomic sends, fan-in to message
+ * sockets, receive-disable, backpressure and send timeouts, detach, failing
+ * transports, batching, the pool's own reconnection, and closing.
+ */
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { memoryPool, message, verify, within } from "./fixtures/Pool.ts"
+import { Delineation, Memory } from "@plexus/core"
+import { Kcm, type KcmEvent } from "../src/index.ts"
+import { countingSocket, eventually, header, memoryPool, message, verify, within } from "./fixtures/Pool.ts"
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i)
+
+/** The first event matching `predicate`, waited for in a fiber started now. */
+const nextEvent = <A extends KcmEvent.KcmEvent>(
+  mux: Kcm.Multiplexor,
+  predicate: (event: KcmEvent.KcmEvent) => event is A
+) =>
+  Effect.gen(function*() {
+    const events = yield* mux.events
+    return yield* Effect.forkChild(
+      Effect.map(Stream.runHead(Stream.filter(events, predicate)), Option.getOrThrow)
+    )
+  })
+
+const isDetached = (e: KcmEvent.KcmEvent): e is KcmEvent.Detached => e._tag === "Detached"
+const isAttached = (e: KcmEvent.KcmEvent): e is KcmEvent.Attached => e._tag === "Attached"
 
 describe("Kcm over memory", () => {
   it.live("delivers every message whole when 100 senders share 4 transports", () =>
     Effect.gen(function*() {
-      const { client, server } = yield* memoryPool({
-        connections: 4,
-        faults: { split: { min: 1, max: 700 } }
-      })
+      const { client, server } = yield* memoryPool({ connections: 4, faults: { split: { min: 1, max: 700 } } })
       const tx = yield* client.socket()
       const rx = yield* server.socket()
       const senders = 100
       const perSender = 50
       const receiving = yield* rx.messages.pipe(Stream.take(senders * perSender), Stream.runCollect, Effect.forkChild)
       yield* Effect.forEach(
-        Array.from({ length: senders }, (_, s) => s),
-        (s) => Effect.forEach(Array.from({ length: perSender }, (_, i) => i), (i) => tx.send(message(s, i, 12 + ((s * 97 + i * 13) % 3000))), { discard: true }),
+        range(senders),
+        (s) =>
+          Effect.forEach(range(perSender), (i) => tx.send(message(s, i, 12 + ((s * 97 + i * 13) % 3000))), {
+            discard: true
+          }),
         { concurrency: "unbounded", discard: true }
       )
       const received = yield* within("receive")(Fiber.join(receiving))
@@ -31,5 +58,368 @@ describe("Kcm over memory", () => {
       const stats = yield* client.stats
       assert.strictEqual(stats.mux.txMessages, senders * perSender)
       assert.isTrue(stats.transports.every((t) => t.txMessages > 0), "every transport carried messages")
+      const serverStats = yield* server.stats
+      assert.strictEqual(serverStats.mux.rxMessages, senders * perSender)
+    }))
+
+  it.live("keeps the order of the messages of one transport", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* memoryPool({ connections: 1, faults: { split: { min: 1, max: 100 } } })
+      const tx = yield* client.socket()
+      const rx = yield* server.socket({ maxPull: 7 })
+      const receiving = yield* rx.messages.pipe(Stream.take(2000), Stream.runCollect, Effect.forkChild)
+      for (const i of range(2000)) yield* tx.send(message(0, i, 12 + (i % 50)))
+      const received = yield* within("receive")(Fiber.join(receiving))
+      assert.deepStrictEqual(received.map((m) => verify(m).seq), range(2000))
+    }))
+
+  it.live("gives each message to exactly one socket, spread over the sockets that are ready", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* memoryPool({ connections: 2 })
+      const tx = yield* client.socket()
+      const sockets = yield* Effect.forEach(range(3), () => server.socket({ maxPull: 1 }))
+      const total = 300
+      let taken = 0
+      const counts = [0, 0, 0]
+      const seqs: Array<number> = []
+      const consumers = yield* Effect.forEach(sockets, (socket, k) =>
+        Effect.forkChild(
+          Stream.runForEach(socket.messages, (m) =>
+            Effect.andThen(
+              Effect.sync(() => {
+                counts[k]++
+                taken++
+                seqs.push(verify(m).seq)
+              }),
+              Effect.sleep("1 millis")
+            ))
+        ))
+      yield* Effect.forEach(range(total), (i) => tx.send(message(0, i, 64)), { discard: true })
+      yield* eventually("all consumed", Effect.sync(() => taken === total))
+      yield* Effect.forEach(consumers, Fiber.interrupt)
+      assert.deepStrictEqual([...seqs].sort((a, b) => a - b), range(total), "each message exactly once")
+      for (const c of counts) assert.isAbove(c, total / 6, `balanced: ${counts.join(", ")}`)
+    }))
+
+  it.live("a socket with receiving off hands its share to the others, and takes messages again when on", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* memoryPool({ connections: 2 })
+      const tx = yield* client.socket()
+      const a = yield* server.socket({ maxPull: 1 })
+      const b = yield* server.socket({ maxPull: 1 })
+      const gotA: Array<number> = []
+      const gotB: Array<number> = []
+      yield* a.setReceiving(false)
+      assert.isFalse(yield* a.receiving)
+      const fa = yield* Effect.forkChild(Stream.runForEach(a.messages, (m) => Effect.sync(() => gotA.push(verify(m).seq))))
+      const fb = yield* Effect.forkChild(Stream.runForEach(b.messages, (m) => Effect.sync(() => gotB.push(verify(m).seq))))
+      yield* Effect.forEach(range(100), (i) => tx.send(message(0, i, 32)), { discard: true })
+      yield* eventually("b took all", Effect.sync(() => gotB.length === 100))
+      assert.strictEqual(gotA.length, 0)
+      // B stops too: messages wait until a socket is on again, then A takes them.
+      yield* b.setReceiving(false)
+      yield* Effect.forEach(range(50), (i) => tx.send(message(0, 100 + i, 32)), { discard: true })
+      yield* Effect.sleep("30 millis")
+      assert.strictEqual(gotA.length + gotB.length, 100)
+      assert.strictEqual((yield* server.stats).mux.ready, 50)
+      yield* a.setReceiving(true)
+      yield* eventually("a took the rest", Effect.sync(() => gotA.length === 50))
+      // Two transports: each keeps its own order, not the order across them.
+      assert.deepStrictEqual([...gotA].sort((x, y) => x - y), range(50).map((i) => 100 + i))
+      yield* Fiber.interrupt(fa)
+      yield* Fiber.interrupt(fb)
+    }))
+
+  it.live("a sender waits for a free transport and gives up with a retryable SendTimeout", () =>
+    Effect.gen(function*() {
+      const { client, pairs } = yield* memoryPool({
+        connections: 1,
+        kcm: { sendTimeout: "100 millis" },
+        faults: { highWaterMark: 1024 }
+      })
+      const tx = yield* client.socket()
+      yield* pairs[0].aToB.stall
+      // The first message fills the link; the second waits for room, holding the transport.
+      yield* tx.send(message(0, 0, 4096))
+      const blocked = yield* Effect.forkChild(tx.send(message(0, 1, 4096)))
+      yield* eventually("transport busy", Effect.map(client.stats, (s) => s.transports[0].busy))
+      const exit = yield* Effect.exit(tx.send(message(0, 2, 64)))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+      assert.strictEqual(error?._tag, "Fail")
+      const failure = (error as { error: { reason: { _tag: string }; retryable: boolean } }).error
+      assert.strictEqual(failure.reason._tag, "SendTimeout")
+      assert.isTrue(failure.retryable)
+      const stats = yield* client.stats
+      assert.strictEqual(stats.mux.sendTimeouts, 1)
+      yield* pairs[0].aToB.resume
+      yield* within("blocked send completes")(Fiber.join(blocked))
+    }))
+
+  it.live("detach hands back the bytes of a message received in part, and the stream carries on from there", () =>
+    Effect.gen(function*() {
+      const server = yield* Kcm.make()
+      const pair = yield* Memory.makeBytePair()
+      const writer = yield* pair.a.writer
+      const attachment = yield* server.attach(pair.b)
+      const rx = yield* server.socket()
+      const whole = message(1, 1, 100)
+      const next = message(1, 2, 100)
+      yield* writer.write(new Uint8Array([...header(100), ...whole, ...header(100), ...next.subarray(0, 30)]))
+      const first = yield* within("first message")(rx.pull)
+      assert.strictEqual(verify(first[0]).seq, 1)
+      yield* eventually("partial held", Effect.map(attachment.stats, (s) => s?.partialBytes === 34))
+      const detached = yield* attachment.detach
+      assert.deepStrictEqual([...detached.pending], [...header(100), ...next.subarray(0, 30)])
+      assert.strictEqual(yield* server.attached, 0)
+      yield* writer.write(next.subarray(30))
+      const rest = yield* within("rest")(detached.reader.pull)
+      assert.deepStrictEqual([...rest[0]], [...next.subarray(30)])
+    }))
+
+  it.live("a transport failing mid-message is detached and reported, and the others keep flowing", () =>
+    Effect.gen(function*() {
+      const { client, server, pairs } = yield* memoryPool({ connections: 3 })
+      const rx = yield* server.socket()
+      const detached = yield* nextEvent(server, isDetached)
+      const raw = yield* pairs[0].a.writer
+      // Half a message, then the connection dies.
+      yield* raw.write(new Uint8Array([...header(1000), ...message(9, 9, 1000).subarray(0, 400)]))
+      yield* eventually("partial held", Effect.map(server.stats, (s) => s.mux.partialBytes === 404))
+      yield* pairs[0].abort
+      const event = yield* within("detached event")(Fiber.join(detached))
+      assert.strictEqual(event.reason._tag, "TransportFailed")
+      assert.strictEqual(event.lostPartialBytes, 404)
+      assert.strictEqual(event.label, "s0")
+      yield* eventually("client saw it too", Effect.map(client.attached, (n) => n === 2))
+      const tx = yield* client.socket()
+      const receiving = yield* rx.messages.pipe(Stream.take(200), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(range(200), (i) => tx.send(message(1, i, 500)), { concurrency: 16, discard: true })
+      const got = yield* within("receive")(Fiber.join(receiving))
+      assert.strictEqual(new Set(got.map((m) => verify(m).seq)).size, 200)
+      const stats = yield* server.stats
+      assert.strictEqual(stats.mux.errors, 1)
+      assert.strictEqual(stats.mux.partialBytes, 0)
+    }))
+
+  it.live("a message cut off mid-write fails its sender, is reported, and the waiting sender goes out on another transport", () =>
+    Effect.gen(function*() {
+      const { client, server, pairs } = yield* memoryPool({ connections: 2, faults: { highWaterMark: 1024 } })
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      yield* pairs[0].aToB.stall
+      yield* pairs[1].aToB.stall
+      // Fill both links, then block one more write on each: both transports are busy.
+      yield* tx.send(message(0, 0, 2048))
+      yield* tx.send(message(0, 1, 2048))
+      const cutOff = message(0, 2, 2048)
+      const blocked = yield* Effect.forkChild(Effect.exit(tx.send(cutOff)))
+      const blocked2 = yield* Effect.forkChild(tx.send(message(0, 3, 2048)))
+      yield* eventually("both busy", Effect.map(client.stats, (s) => s.transports.every((t) => t.busy)))
+      const waiting = yield* Effect.forkChild(tx.send(message(0, 4, 64)))
+      yield* eventually("a sender waits", Effect.map(client.stats, (s) => s.mux.waitingSenders === 1))
+      const detached = yield* nextEvent(client, isDetached)
+      // Which transport holds `cutOff` depends on the order; find the one whose blocked write is ours.
+      yield* pairs[0].abort
+      const event = yield* within("detached")(Fiber.join(detached))
+      yield* pairs[1].aToB.resume
+      yield* within("others complete")(Fiber.join(waiting))
+      const exits = [yield* Fiber.join(blocked)]
+      const other = yield* Effect.exit(Fiber.join(blocked2))
+      const failed = [...exits, other].filter(Exit.isFailure)
+      assert.strictEqual(failed.length, 1, "exactly the message on the failed transport failed")
+      const failure = failed[0].cause.reasons[0] as unknown as { error: { reason: { _tag: string }; retryable: boolean } }
+      assert.strictEqual(failure.error.reason._tag, "MessageCutOff")
+      assert.isFalse(failure.error.retryable)
+      assert.strictEqual(event.failedMessages.length, 1)
+      // The receiver gets the messages of the surviving transport, the waiting one included, none torn.
+      const got = yield* rx.messages.pipe(Stream.take(3), Stream.runCollect, within("receive"))
+      const seqs = got.map((m) => verify(m).seq)
+      assert.include(seqs, 4)
+    }))
+
+  it.live("a message over the maximum size detaches its transport, and the peer connection is reset", () =>
+    Effect.gen(function*() {
+      const server = yield* Kcm.make({ delineation: Delineation.lengthPrefix({ maxMessageSize: 1024 }) })
+      const pair = yield* Memory.makeBytePair()
+      const detached = yield* nextEvent(server, isDetached)
+      yield* server.attach(pair.b)
+      const writer = yield* pair.a.writer
+      const reader = yield* pair.a.reader
+      yield* writer.write(header(0xffffffff))
+      const event = yield* within("detached")(Fiber.join(detached))
+      assert.strictEqual(event.reason._tag, "Delineation")
+      if (event.reason._tag === "Delineation") assert.strictEqual(event.reason.error.reason._tag, "MessageTooLarge")
+      const stats = yield* server.stats
+      assert.strictEqual(stats.mux.tooBig, 1)
+      assert.strictEqual(stats.mux.partialBytes, 0)
+      const end = yield* Effect.flip(within("peer sees the reset")(reader.pull))
+      assert.strictEqual(end.reason._tag, "SocketCloseError")
+    }))
+
+  it.live("a partial message past its deadline detaches its transport", () =>
+    Effect.gen(function*() {
+      const server = yield* Kcm.make({
+        delineation: Delineation.lengthPrefix({ partialTimeout: "80 millis" })
+      })
+      const pair = yield* Memory.makeBytePair()
+      const detached = yield* nextEvent(server, isDetached)
+      yield* server.attach(pair.b)
+      const writer = yield* pair.a.writer
+      yield* writer.write(new Uint8Array([...header(100), 1, 2, 3]))
+      const event = yield* within("detached")(Fiber.join(detached))
+      assert.strictEqual(event.reason._tag, "Delineation")
+      if (event.reason._tag === "Delineation") {
+        assert.strictEqual(event.reason.error.reason._tag, "PartialMessageTimeout")
+      }
+      assert.strictEqual(event.lostPartialBytes, 7)
+      assert.strictEqual((yield* server.stats).mux.timeouts, 1)
+    }))
+
+  it.live("whole messages arriving steadily never trip the partial deadline", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* memoryPool({
+        connections: 1,
+        kcm: { delineation: Delineation.lengthPrefix({ partialTimeout: "60 millis" }) },
+        faults: { split: { min: 1, max: 7 } }
+      })
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      const receiving = yield* rx.messages.pipe(Stream.take(40), Stream.runCollect, Effect.forkChild)
+      for (const i of range(40)) {
+        yield* tx.send(message(0, i, 40))
+        yield* Effect.sleep("5 millis")
+      }
+      assert.strictEqual((yield* within("receive")(Fiber.join(receiving))).length, 40)
+      assert.strictEqual((yield* server.stats).mux.timeouts, 0)
+    }))
+
+  it.live("sendAll coalesces small messages into one write per run", () =>
+    Effect.gen(function*() {
+      const client = yield* Kcm.make({ maxBatchBytes: 16 * 1024 })
+      const server = yield* Kcm.make()
+      const pair = yield* Memory.makeBytePair()
+      const counted = countingSocket(pair.a)
+      yield* client.attach(counted.socket)
+      yield* server.attach(pair.b)
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      const batch = range(1000).map((i) => message(0, i, 64))
+      const receiving = yield* rx.messages.pipe(Stream.take(1000), Stream.runCollect, Effect.forkChild)
+      yield* tx.sendAll(batch)
+      const got = yield* within("receive")(Fiber.join(receiving))
+      assert.deepStrictEqual(got.map((m) => verify(m).seq), range(1000))
+      // 64,000 bytes in runs of at most 16 KiB.
+      assert.strictEqual(counted.writes(), 4)
+    }))
+
+  it.live("a batching socket gathers concurrent sends into one write, and flushes at its size bound", () =>
+    Effect.gen(function*() {
+      const client = yield* Kcm.make()
+      const server = yield* Kcm.make()
+      const pair = yield* Memory.makeBytePair()
+      const counted = countingSocket(pair.a)
+      yield* client.attach(counted.socket)
+      yield* server.attach(pair.b)
+      const rx = yield* server.socket()
+      const slow = yield* client.socket({ batch: { maxDelay: "30 millis" } })
+      const receiving = yield* rx.messages.pipe(Stream.take(150), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(range(100), (i) => slow.send(message(0, i, 50)), { concurrency: "unbounded", discard: true })
+      assert.strictEqual(counted.writes(), 1)
+      const small = yield* client.socket({ batch: { maxBytes: 500, maxDelay: "10 seconds" } })
+      yield* Effect.forEach(range(50), (i) => small.send(message(0, 100 + i, 100)), {
+        concurrency: "unbounded",
+        discard: true
+      })
+      assert.strictEqual(counted.writes(), 1 + 10)
+      const got = yield* within("receive")(Fiber.join(receiving))
+      assert.strictEqual(new Set(got.map((m) => verify(m).seq)).size, 150)
+    }))
+
+  it.live("a pool redials to keep its size when a connection drops", () =>
+    Effect.gen(function*() {
+      const server = yield* Kcm.make()
+      const pairs: Array<Memory.BytePair> = []
+      const dial = Effect.gen(function*() {
+        const pair = yield* Memory.makeBytePair()
+        pairs.push(pair)
+        const scope = yield* Effect.scope
+        yield* Effect.forkIn(Effect.scoped(Effect.andThen(server.attach(pair.b), Effect.never)), scope)
+        return pair.a
+      })
+      const client = yield* Kcm.makePool({ dial, connections: 3, reconnect: undefined })
+      assert.strictEqual(yield* client.attached, 3)
+      const attached = yield* nextEvent(client, isAttached)
+      const detached = yield* nextEvent(client, isDetached)
+      yield* pairs[1].abort
+      assert.strictEqual((yield* within("detached")(Fiber.join(detached))).reason._tag, "TransportFailed")
+      assert.strictEqual((yield* within("redialled")(Fiber.join(attached))).label, "connection-4")
+      yield* eventually("back to 3", Effect.map(client.attached, (n) => n === 3))
+      assert.strictEqual(pairs.length, 4)
+      // The new connection carries traffic.
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      const receiving = yield* rx.messages.pipe(Stream.take(30), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(range(30), (i) => tx.send(message(0, i, 30)), { discard: true })
+      assert.strictEqual((yield* within("receive")(Fiber.join(receiving))).length, 30)
+    }))
+
+  it.live("failed dials are reported and retried on the schedule", () =>
+    Effect.gen(function*() {
+      let attempts = 0
+      const dial = Effect.suspend(() => {
+        attempts++
+        return attempts <= 3 ? Effect.fail(new Error(`refused ${attempts}`)) : Memory.makeBytePair().pipe(Effect.map((p) => p.a))
+      })
+      const client = yield* Kcm.makePool({ dial, connections: 1 })
+      assert.strictEqual(attempts, 4)
+      const stats = yield* client.stats
+      assert.strictEqual(stats.mux.dialFailures, 3)
+      assert.strictEqual(stats.mux.attached, 1)
+    }))
+
+  it.live("closing the multiplexor ends its sockets, fails waiting senders, and leaves your transports open", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const mux = yield* Scope.provide(Kcm.make(), scope)
+      const pair = yield* Memory.makeBytePair()
+      const rx = yield* Scope.provide(mux.socket(), scope)
+      const tx = yield* Scope.provide(mux.socket(), scope)
+      const pulling = yield* Effect.forkChild(Stream.runCollect(rx.messages))
+      // No transport attached: the sender waits.
+      const waiting = yield* Effect.forkChild(Effect.flip(tx.send(message(0, 0, 10))))
+      yield* eventually("sender waits", Effect.map(mux.stats, (s) => s.mux.waitingSenders === 1))
+      // Attached in the test's own scope: the transport is ours, not the multiplexor's.
+      yield* mux.attach(pair.b)
+      yield* pair.aToB.stall
+      yield* Scope.close(scope, Exit.void)
+      const error = yield* within("sender fails")(Fiber.join(waiting)).pipe(Effect.orElseSucceed(() => undefined))
+      // The sender either got the transport before the close (and sent) or failed with MuxClosed.
+      if (error !== undefined) assert.strictEqual(error.reason._tag, "MuxClosed")
+      assert.strictEqual((yield* within("socket ends")(Fiber.join(pulling))).length, 0)
+      const exit = yield* Effect.exit(tx.send(message(0, 1, 10)))
+      assert.isTrue(Exit.isFailure(exit))
+      // The memory connection is still usable by its owner.
+      const writer = yield* pair.b.writer
+      yield* writer.write(new Uint8Array([1, 2, 3]))
+      const reader = yield* pair.a.reader
+      yield* pair.aToB.resume
+      const bytes = yield* within("owner reads")(reader.pull)
+      assert.isAbove(bytes.length, 0)
+    }))
+
+  it.live("closing the attaching scope detaches the transport", () =>
+    Effect.gen(function*() {
+      const mux = yield* Kcm.make()
+      const pair = yield* Memory.makeBytePair()
+      const scope = yield* Scope.make()
+      const detached = yield* nextEvent(mux, isDetached)
+      yield* Scope.provide(mux.attach(pair.b, { label: "mine" }), scope)
+      assert.strictEqual(yield* mux.attached, 1)
+      yield* Scope.close(scope, Exit.void)
+      const event = yield* within("detached")(Fiber.join(detached))
+      assert.strictEqual(event.reason._tag, "Requested")
+      assert.strictEqual(event.label, "mine")
+      assert.strictEqual(yield* mux.attached, 0)
     }))
 })

@@ -60,6 +60,9 @@ const GONE = 2
 
 const EMPTY = new Uint8Array(0)
 
+/** Bytes a queued message costs besides its payload (its view and slots): empty messages are not free. */
+const MESSAGE_COST = 64
+
 type Waker = () => void
 
 /** Runs wake-ups one after another instead of one inside another. */
@@ -180,6 +183,8 @@ export class Multiplexor {
   private rxFrom: Array<Psock | undefined> = []
   private rxHead = 0
   private rxBytes = 0
+  /** What the queue counts against `receiveBudget`: bytes plus a fixed cost per message, so empty messages count too. */
+  private rxCost = 0
   private readonly consumers: Array<ConsumerWaiter> = []
   private readonly pausedReaders: Array<Waker> = []
   private partialTotal = 0
@@ -481,6 +486,11 @@ export class Multiplexor {
           },
           onFailure: (error) => {
             this.sendFailures++
+            // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
+            if (p.state === ACTIVE) {
+              this.removeActive(p)
+              p.state = DETACHING
+            }
             this.release(p)
             return Effect.andThen(
               this.fail(p, { _tag: "TransportFailed", error }, messages, false),
@@ -542,7 +552,7 @@ export class Multiplexor {
     return Effect.gen(function*() {
       const clock = yield* Clock.Clock
       while (true) {
-        if (self.rxBytes >= self.options.receiveBudget) yield* self.pauseReader(p)
+        if (self.rxCost >= self.options.receiveBudget) yield* self.pauseReader(p)
         const result = yield* Effect.result(p.reader.pull)
         if (p.state !== ACTIVE) return
         if (Result.isFailure(result)) {
@@ -609,6 +619,7 @@ export class Multiplexor {
     this.rxMessages += n
     this.rxBytesTotal += bytes
     this.rxBytes += bytes
+    this.rxCost += bytes + n * MESSAGE_COST
     metrics.rxMessages.modifyUnsafe(n, this.context)
     metrics.rxBytes.modifyUnsafe(bytes, this.context)
     this.wakeConsumers()
@@ -633,6 +644,7 @@ export class Multiplexor {
     }
     this.rxHead += n
     this.rxBytes -= bytes
+    this.rxCost -= bytes + n * MESSAGE_COST
     if (this.rxHead === this.rxMsg.length) {
       this.rxMsg = []
       this.rxFrom = []
@@ -642,7 +654,7 @@ export class Multiplexor {
       this.rxFrom = this.rxFrom.slice(this.rxHead)
       this.rxHead = 0
     }
-    if (this.pausedReaders.length > 0 && this.rxBytes < this.options.receiveBudget / 2) {
+    if (this.pausedReaders.length > 0 && this.rxCost < this.options.receiveBudget / 2) {
       const wakers = this.pausedReaders.splice(0, this.pausedReaders.length)
       for (const waker of wakers) this.trampoline.run(waker)
     }
@@ -659,6 +671,7 @@ export class Multiplexor {
     this.rxFrom = [...messages.map(() => undefined), ...this.rxFrom.slice(this.rxHead)]
     this.rxHead = 0
     this.rxBytes += bytes
+    this.rxCost += bytes + messages.length * MESSAGE_COST
     this.wakeConsumers()
   }
 
@@ -674,7 +687,7 @@ export class Multiplexor {
 
   private pauseReader(p: Psock): Effect.Effect<void> {
     return Effect.callback<void>((resume) => {
-      if (this.rxBytes < this.options.receiveBudget) return resume(Effect.void)
+      if (this.rxCost < this.options.receiveBudget) return resume(Effect.void)
       p.paused = true
       p.pauses++
       metrics.paused.modifyUnsafe(1, this.context)
