@@ -7,11 +7,12 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { Delineation, Memory } from "@plexus/core"
-import { Kcm, type KcmEvent } from "../src/index.ts"
+import { Kcm, type KcmEvent, KcmStats } from "../src/index.ts"
 import { countingSocket, eventually, header, memoryPool, message, verify, within } from "./fixtures/Pool.ts"
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i)
@@ -421,5 +422,27 @@ describe("Kcm over memory", () => {
       assert.strictEqual(event.reason._tag, "Requested")
       assert.strictEqual(event.label, "mine")
       assert.strictEqual(yield* mux.attached, 0)
+    }))
+
+  it.live("counts traffic per transport and as Effect Metrics", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* memoryPool({ connections: 2 })
+      const txBefore = (yield* Metric.value(KcmStats.metrics.txMessages)).count
+      const rxBytesBefore = (yield* Metric.value(KcmStats.metrics.rxBytes)).count
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      const receiving = yield* rx.messages.pipe(Stream.take(40), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(range(40), (i) => tx.send(message(0, i, 100)), { discard: true })
+      yield* within("receive")(Fiber.join(receiving))
+      const sent = yield* client.stats
+      assert.strictEqual(sent.mux.txMessages, 40)
+      assert.strictEqual(sent.mux.txBytes, 4000)
+      assert.deepStrictEqual(sent.transports.map((t) => t.txMessages), [20, 20], "round-robin")
+      const got = yield* server.stats
+      assert.strictEqual(got.mux.rxBytes, 4000)
+      assert.strictEqual(got.transports.reduce((n, t) => n + t.rxMessages, 0), 40)
+      assert.strictEqual(got.mux.ready, 0)
+      assert.isAtLeast((yield* Metric.value(KcmStats.metrics.txMessages)).count - txBefore, 40)
+      assert.isAtLeast((yield* Metric.value(KcmStats.metrics.rxBytes)).count - rxBytesBefore, 4000)
     }))
 })
