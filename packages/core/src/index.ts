@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 export * as Delineation from "./Delineation.ts"
+export * as ChannelError from "./ChannelError.ts"
 export * as DelineationError from "./DelineationError.ts"
 export * as Memory from "./Memory.ts"
 export * as MessageTransport from "./MessageTransport.ts"
