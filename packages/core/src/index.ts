@@ -7,6 +7,7 @@
  */
 export * as Delineation from "./Delineation.ts"
 export * as ChannelError from "./ChannelError.ts"
+export * as Channels from "./Channels.ts"
 export * as DelineationError from "./DelineationError.ts"
 export * as Memory from "./Memory.ts"
 export * as MessageTransport from "./MessageTransport.ts"
