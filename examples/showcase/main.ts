@@ -8,12 +8,21 @@
  * Part 2, a session over one TCP connection: many streams at once, a typed
  * stream routed to its handler, half-close, a reset with a code, the
  * measured round-trip time, and a graceful GO_AWAY.
+ *
+ * Part 3, KCM: a server multiplexor on a TCP port and a client pool of 4
+ * connections; concurrent senders, received messages shared by message
+ * sockets (one switched off hands its share on), a batch, a peer dropping
+ * mid-message reported as a Detached event, and the stats snapshot.
  */
 import { Delineation, MessageTransport, MuxStream, Session } from "@plexus/core"
-import { Tcp } from "@plexus/transport-tcp"
+import { Kcm } from "@plexus/kcm"
+import { Tcp, TcpServer } from "@plexus/transport-tcp"
 import * as Console from "effect/Console"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Socket from "effect/socket/Socket"
 import * as Stream from "effect/Stream"
 
 const text = new TextEncoder()
@@ -127,9 +136,95 @@ const sessionOverTcp = Effect.gen(function*() {
   yield* Console.log("session closed with GO_AWAY")
 })
 
+/** Polls until `done` holds; the part's deadline bounds it. */
+const until = (done: Effect.Effect<boolean>) =>
+  Effect.gen(function*() {
+    while (!(yield* done)) yield* Effect.sleep("5 millis")
+  })
+
+const kcmOverTcp = Effect.gen(function*() {
+  yield* Console.log("── 3. KCM: messages over a pool of TCP connections ──")
+  // The server: every connection the TCP listener accepts joins one multiplexor.
+  const built = yield* Layer.build(
+    Kcm.layerServer().pipe(Layer.provideMerge(Tcp.layerServer({ host: "127.0.0.1", port: 0 })))
+  )
+  const server = Context.get(built, Kcm.Kcm)
+  const port = Context.get(built, TcpServer.TcpServer).port
+  const detachedEvents: Array<string> = []
+  yield* Effect.forkScoped(Stream.runForEach(yield* server.events, (event) =>
+    Effect.sync(() => {
+      if (event._tag === "Detached") {
+        const why = event.reason._tag === "Delineation" ? `${event.reason._tag} (${event.reason.error.reason._tag})` : event.reason._tag
+        detachedEvents.push(`${event.label}: ${why}, ${event.lostPartialBytes} partial bytes lost`)
+      }
+    })))
+
+  // The client: a pool of 4 connections, redialled if one drops.
+  const client = yield* Kcm.makePool({ dial: Tcp.dial({ host: "127.0.0.1", port }), connections: 4 })
+  yield* until(Effect.map(server.attached, (n) => n === 4))
+  yield* Console.log(`client pool of ${yield* client.attached} connections to 127.0.0.1:${port}; the server attached ${yield* server.attached}`)
+
+  // Three server sockets take turns at what arrives; each message goes to exactly one.
+  const names = ["A", "B", "C"]
+  const counts = [0, 0, 0]
+  const sockets = yield* Effect.forEach(names, () => server.socket({ maxPull: 8 }))
+  for (const [i, socket] of sockets.entries()) {
+    yield* Effect.forkScoped(Stream.runForEach(socket.messages, () => Effect.sync(() => counts[i]++)))
+  }
+  const received = (n: number) => Effect.sync(() => counts[0] + counts[1] + counts[2] === n)
+  const tx = yield* client.socket()
+  const range = (n: number) => Array.from({ length: n }, (_, i) => i)
+  // 8 senders at once, 125 messages each, in turn; each send takes a free connection.
+  const burst = (from: number) =>
+    Effect.forEach(
+      range(8),
+      (s) => Effect.forEach(range(125), (i) => tx.send(text.encode(`sender ${s} message ${from + i}`)), { discard: true }),
+      { concurrency: "unbounded", discard: true }
+    )
+  const shares = () => names.map((n, i) => `${n} ${counts[i]}`).join(", ")
+
+  yield* burst(0)
+  yield* until(received(1000))
+  yield* Console.log(`8 concurrent senders, 1000 messages; socket shares: ${shares()}`)
+  yield* sockets[2].setReceiving(false)
+  const before = [...counts]
+  yield* burst(1000)
+  yield* until(received(2000))
+  yield* Console.log(`C switched receiving off; the next 1000 went ${names.map((n, i) => `${n} +${counts[i] - before[i]}`).join(", ")}`)
+
+  // A batch: small messages coalesced into one write, each still arriving whole.
+  const beforeBatch = (yield* client.stats).transports.map((t) => t.txMessages)
+  yield* tx.sendAll(Array.from({ length: 100 }, (_, i) => text.encode(`batched ${i}`)))
+  yield* until(received(2100))
+  const carriers = (yield* client.stats).transports
+    .map((t, i) => ({ label: t.label, sent: t.txMessages - beforeBatch[i] }))
+    .filter((t) => t.sent > 0)
+    .map((t) => `${t.label} (${t.sent})`)
+  yield* Console.log(`sendAll of 100 small messages went out as one coalesced write on ${carriers.join(", ")}; all 100 arrived`)
+
+  // A peer that hangs up 300 bytes into a 1000-byte message: its connection leaves the pool.
+  yield* Effect.scoped(Effect.gen(function*() {
+    const peer = yield* Tcp.dial({ host: "127.0.0.1", port })
+    const writer = yield* peer.writer
+    const partial = new Uint8Array(4 + 300)
+    new DataView(partial.buffer).setUint32(0, 1000)
+    yield* writer.write(partial)
+    yield* until(Effect.map(server.attached, (n) => n === 5))
+    yield* writer.write(new Socket.CloseEvent(1000))
+  }))
+  yield* until(Effect.sync(() => detachedEvents.length === 1))
+  yield* Console.log(`a peer dropped mid-message -> Detached ${detachedEvents[0]}`)
+
+  const stats = yield* server.stats
+  const m = stats.mux
+  yield* Console.log(`server stats: ${m.rxMessages} messages in (${m.rxBytes} bytes), ${m.attached} attached, ${m.attaches} attaches, ${m.detaches} detaches, ${m.errors} errors`)
+  for (const t of stats.transports) yield* Console.log(`  ${t.label}: ${t.rxMessages} messages, ${t.rxBytes} bytes in`)
+})
+
 const program = Effect.gen(function*() {
   yield* Effect.scoped(tcpMessages)
   yield* Effect.scoped(sessionOverTcp)
+  yield* Effect.scoped(kcmOverTcp).pipe(Effect.timeout("10 seconds"))
   yield* Console.log("showcase done")
 })
 

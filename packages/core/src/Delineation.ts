@@ -22,6 +22,7 @@
 import type { NonEmptyReadonlyArray } from "effect/Array"
 import * as Duration from "effect/Duration"
 import * as Predicate from "effect/Predicate"
+import { allocFrame } from "./internal/bytes.ts"
 import {
   DelimiterInPayload,
   DelineationError,
@@ -838,7 +839,7 @@ const coalesce = (
     if (typeof size !== "number") return size
     if (writeHeader === undefined && trailer === undefined) return [message]
     if (size <= COALESCE_LIMIT) {
-      const out = new Uint8Array(size)
+      const out = allocFrame(size)
       if (writeHeader !== undefined) writeHeader(out, 0, message.length)
       out.set(message, headerSize)
       if (trailer !== undefined) out.set(trailer, headerSize + message.length)

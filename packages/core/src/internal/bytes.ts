@@ -17,3 +17,29 @@ export const concatBytes = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
   }
   return out
 }
+
+// Small, like Node's own Buffer pool, so that a frame kept alive by a
+// receiver (memory transports hand the same bytes over) pins little.
+const SLAB_SIZE = 16 * 1024
+/** Requests above this get a buffer of their own. */
+const SLAB_MAX = 2 * 1024
+let slab = new Uint8Array(SLAB_SIZE)
+let slabUsed = 0
+
+/**
+ * A fresh buffer for a small frame, cut from a shared slab: one allocation
+ * serves many frames, which keeps per-message framing off the allocator
+ * and the garbage collector (the way Node pools small Buffers). Regions are
+ * never handed out twice; a slab is freed when its last frame is.
+ */
+export const allocFrame = (size: number): Uint8Array => {
+  if (size > SLAB_MAX) return new Uint8Array(size)
+  if (slabUsed + size > SLAB_SIZE) {
+    slab = new Uint8Array(SLAB_SIZE)
+    slabUsed = 0
+  }
+  const out = slab.subarray(slabUsed, slabUsed + size)
+  // Keep regions 8-byte aligned, as Node's pool does.
+  slabUsed = (slabUsed + size + 7) & ~7
+  return out
+}

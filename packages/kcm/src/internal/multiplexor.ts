@@ -59,6 +59,10 @@ const DETACHING = 1
 const GONE = 2
 
 const EMPTY = new Uint8Array(0)
+const EMPTY_LIST: ReadonlyArray<Uint8Array> = []
+
+/** Sends between two updates of the send Metrics. */
+const METRIC_BATCH = 256
 
 /** Bytes a queued message costs besides its payload (its view and slots): empty messages are not free. */
 const MESSAGE_COST = 64
@@ -86,6 +90,8 @@ class Trampoline {
 export class Psock {
   state = ACTIVE
   busy = false
+  /** The messages of the write in progress, reported if the transport fails under it. */
+  inflight: ReadonlyArray<Uint8Array> = EMPTY_LIST
   fiber: Fiber.Fiber<void> | undefined = undefined
   /** Partial bytes this transport has reported to the pool's budget. */
   reportedPartial = 0
@@ -245,7 +251,8 @@ export class Multiplexor {
       p.fiber = yield* Effect.forkIn(this.readLoop(p), this.scope)
       if (owned === undefined) {
         const scope = yield* Effect.scope
-        yield* Scope.addFinalizer(scope, Effect.asVoid(this.detach(p)))
+        // The scope closing takes the reader and writer with it: no waiting for a write the peer may never read.
+        yield* Scope.addFinalizer(scope, Effect.asVoid(this.detach(p, false)))
       }
       PubSub.publishUnsafe(this.events, { _tag: "Attached", id, label: p.label })
       this.release(p)
@@ -258,7 +265,7 @@ export class Multiplexor {
    * sends, waits for a message being written on it, stops reading, and hands
    * back the bytes of a partly received message.
    */
-  detach(p: Psock): Effect.Effect<DetachedTransport> {
+  detach(p: Psock, waitForWrite = true): Effect.Effect<DetachedTransport> {
     return Effect.gen({ self: this }, function*() {
       if (p.state !== ACTIVE) {
         if (p.state === DETACHING) yield* this.awaitGone(p)
@@ -266,7 +273,7 @@ export class Multiplexor {
       }
       p.state = DETACHING
       this.removeActive(p)
-      if (p.busy) {
+      if (p.busy && waitForWrite) {
         yield* Effect.callback<void>((resume) => {
           if (!p.busy) return resume(Effect.void)
           p.idleWaker = () => resume(Effect.void)
@@ -276,7 +283,9 @@ export class Multiplexor {
       if (p.state === GONE) return { id: p.id, label: p.label, pending: EMPTY, reader: p.reader, writer: p.writer }
       if (p.fiber !== undefined) yield* Fiber.interrupt(p.fiber)
       const pending = p.decoder.takePending()
-      this.finish(p, { _tag: "Requested" }, [], 0)
+      // Not waiting (the attaching scope is closing, and the connection with it): a write still
+      // in progress may be cut off, so it is reported.
+      this.finish(p, { _tag: "Requested" }, p.busy ? p.inflight : EMPTY_LIST, 0)
       if (p.owned !== undefined) yield* Scope.close(p.owned, Exit.void)
       return { id: p.id, label: p.label, pending, reader: p.reader, writer: p.writer }
     })
@@ -311,7 +320,8 @@ export class Multiplexor {
       if (p.state === ACTIVE) this.removeActive(p)
       p.state = DETACHING
       const lost = p.decoder.buffered
-      this.finish(p, reason, failedMessages, lost)
+      // A failure seen first by the reader still cuts off the write in progress.
+      this.finish(p, reason, failedMessages.length === 0 && p.busy ? p.inflight : failedMessages, lost)
       const effects: Array<Effect.Effect<void>> = []
       if (!fromReader && p.fiber !== undefined) effects.push(Fiber.interrupt(p.fiber))
       if (reason._tag === "PeerClosed") {
@@ -470,44 +480,72 @@ export class Multiplexor {
     messages: ReadonlyArray<Uint8Array>,
     bytes: number
   ): Effect.Effect<void, KcmError> {
-    return Effect.flatMap(this.acquire, (p) =>
-      p.writer.writeAll(frames).pipe(
-        Effect.onInterrupt(() => this.fail(p, { _tag: "SendInterrupted" }, messages, false)),
-        Effect.matchEffect({
-          onSuccess: () => {
-            p.txMessages += messages.length
-            p.txBytes += bytes
-            this.txMessages += messages.length
-            this.txBytes += bytes
-            metrics.txMessages.modifyUnsafe(messages.length, this.context)
-            metrics.txBytes.modifyUnsafe(bytes, this.context)
-            this.release(p)
-            return Effect.void
-          },
-          onFailure: (error) => {
-            this.sendFailures++
-            // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
-            if (p.state === ACTIVE) {
-              this.removeActive(p)
-              p.state = DETACHING
-            }
-            this.release(p)
-            return Effect.andThen(
-              this.fail(p, { _tag: "TransportFailed", error }, messages, false),
-              Effect.fail(kcmError(new MessageCutOff({ transportId: p.id, detail: error.message })))
-            )
+    return Effect.suspend(() => {
+      // Fast path: a free transport now, and nobody waiting ahead of us.
+      const p = this.closed || this.sendersHead < this.senders.length ? undefined : this.reserve()
+      if (p !== undefined) return this.writeOn(p, frames, messages, bytes)
+      return Effect.flatMap(this.acquire, (p) => this.writeOn(p, frames, messages, bytes))
+    })
+  }
+
+  private writeOn(
+    p: Psock,
+    frames: NonEmptyReadonlyArray<Uint8Array>,
+    messages: ReadonlyArray<Uint8Array>,
+    bytes: number
+  ): Effect.Effect<void, KcmError> {
+    p.inflight = messages
+    return p.writer.writeAll(frames).pipe(
+      Effect.onInterrupt(() => this.fail(p, { _tag: "SendInterrupted" }, messages, false)),
+      Effect.matchEffect({
+        onSuccess: () => {
+          p.inflight = EMPTY_LIST
+          p.txMessages += messages.length
+          p.txBytes += bytes
+          this.txMessages += messages.length
+          this.txBytes += bytes
+          if (this.txMessages - this.reportedTxMessages >= METRIC_BATCH) this.reportTx()
+          this.release(p)
+          return Effect.void
+        },
+        onFailure: (error) => {
+          p.inflight = EMPTY_LIST
+          this.sendFailures++
+          // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
+          if (p.state === ACTIVE) {
+            this.removeActive(p)
+            p.state = DETACHING
           }
-        })
-      ))
+          this.release(p)
+          return Effect.andThen(
+            this.fail(p, { _tag: "TransportFailed", error }, messages, false),
+            Effect.fail(kcmError(new MessageCutOff({ transportId: p.id, detail: error.message })))
+          )
+        }
+      })
+    )
+  }
+
+  private reportedTxMessages = 0
+  private reportedTxBytes = 0
+
+  /** Moves the send Metrics: in batches, since a Metric update costs more than the rest of a small send's bookkeeping. */
+  private reportTx(): void {
+    metrics.txMessages.modifyUnsafe(this.txMessages - this.reportedTxMessages, this.context)
+    metrics.txBytes.modifyUnsafe(this.txBytes - this.reportedTxBytes, this.context)
+    this.reportedTxMessages = this.txMessages
+    this.reportedTxBytes = this.txBytes
   }
 
   send(message: Uint8Array): Effect.Effect<void, KcmError> {
-    if (this.closed) return closedFailure
-    const frames = this.options.delineation.encode([message])
-    if (frames instanceof DelineationError.DelineationError) {
-      return Effect.fail(kcmError(new Unframeable({ detail: frames.message })))
-    }
-    return this.writeFramed(frames, [message], message.length)
+    return Effect.suspend(() => {
+      if (this.closed) return closedFailure
+      const frames = this.options.delineation.encode([message])
+      if (frames instanceof DelineationError.DelineationError) {
+        return Effect.fail(kcmError(new Unframeable({ detail: frames.message })))
+      }
+      return this.writeFramed(frames, [message], message.length)
+    })
   }
 
   /** Sends a batch as runs of at most `maxBatchBytes`, one coalesced write each. */
@@ -849,6 +887,7 @@ export class Multiplexor {
   }
 
   snapshot(): Snapshot {
+    this.reportTx()
     let paused = 0
     for (const p of this.active) if (p.paused) paused++
     const mux: MuxStats = {
@@ -897,7 +936,7 @@ export class Multiplexor {
   }
 
   private guard(sock: SocketState, effect: Effect.Effect<void, KcmError>): Effect.Effect<void, KcmError> {
-    return sock.closed ? closedFailure : effect
+    return Effect.suspend(() => (sock.closed ? closedFailure : effect))
   }
 
   /** `send` of a batching socket (MSG_BATCH). */
