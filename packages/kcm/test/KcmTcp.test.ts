@@ -9,7 +9,8 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Transport } from "@plexus/core"
-import { FaultProxy, Tcp } from "@plexus/transport-tcp"
+import { FaultProxy, Tcp, Tls } from "@plexus/transport-tcp"
+import * as Fs from "node:fs"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -456,5 +457,32 @@ describe("Kcm over TCP", () => {
       // (If it hangs, closing the test's Scope interrupts the stuck sender, which fails the
       // transport and so releases the detach: the test ends either way.)
       assert.isTrue(Exit.isSuccess(closed), "the attachment's scope closed within 3 s")
+    }))
+
+  it.live("a pool of TLS connections carries whole messages both ways", () =>
+    Effect.gen(function*() {
+      const fixtures = new URL("../../transport-tcp/test/fixtures/", import.meta.url)
+      const key = Fs.readFileSync(new URL("key.pem", fixtures), "utf8")
+      const cert = Fs.readFileSync(new URL("cert.pem", fixtures), "utf8")
+      const listener = yield* Tls.listen({ key, cert })
+      const server = yield* Kcm.make()
+      const client = yield* Kcm.makePool({
+        dial: Tls.dial({ port: listener.port, ca: cert, servername: "localhost" }),
+        connections: 3
+      })
+      for (let i = 0; i < 3; i++) yield* server.attach((yield* listener.accept).socket)
+      const tx = yield* client.socket()
+      const rx = yield* server.socket()
+      const receiving = yield* rx.messages.pipe(Stream.take(300), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(Array.from({ length: 300 }, (_, i) => i), (i) => tx.send(message(i % 10, i, 100 + i * 37)), {
+        concurrency: 10,
+        discard: true
+      })
+      const got = yield* Fiber.join(receiving).pipe(within("receive over TLS"))
+      assert.strictEqual(new Set(got.map((m) => verify(m).seq)).size, 300)
+      const back = yield* server.socket()
+      const replies = yield* (yield* client.socket()).messages.pipe(Stream.take(30), Stream.runCollect, Effect.forkChild)
+      yield* Effect.forEach(Array.from({ length: 30 }, (_, i) => i), (i) => back.send(message(99, i, 500)), { discard: true })
+      assert.strictEqual((yield* Fiber.join(replies).pipe(within("replies over TLS"))).length, 30)
     }))
 })
