@@ -9,7 +9,12 @@
  * pause (ws) stops reading the TCP socket, and one that cannot (browsers)
  * fails with `BufferOverflow` at `maxBuffered`. A waiting pull is resumed
  * with an effect that takes the queue when the fiber runs, so messages that
- * arrive meanwhile ride along.
+ * arrive meanwhile ride along. Resuming a fiber runs it at once, inside the
+ * driver's event, so a driver that can `defer` (Node: `setImmediate`) has
+ * the wake-up put off to the end of the event-loop turn: every message read
+ * in that turn (often dozens per TCP read) goes out in one batch, one fiber
+ * resumption instead of one per message. A batch that grows past
+ * `WAKE_BYTES` wakes the reader at once.
  *
  * Writing: each write is one message in the framed view; the byte view cuts
  * writes larger than `splitSize` into several messages (views, not copies).
@@ -43,6 +48,12 @@ export interface Driver {
   readonly terminate: () => void
   readonly pause: (() => void) | undefined
   readonly resume: (() => void) | undefined
+  /**
+   * Runs a callback later in the same event-loop turn, after the pending
+   * I/O events (Node: `setImmediate`). When absent, a waiting reader is
+   * woken by each message.
+   */
+  readonly defer?: ((f: () => void) => void) | undefined
 }
 
 /** @internal */
@@ -67,6 +78,8 @@ export const DEFAULT_WRITE_HIGH_WATER_MARK = 1024 * 1024
 export const DEFAULT_MAX_BUFFERED = 16 * 1024 * 1024
 /** @internal */
 export const DEFAULT_CLOSE_TIMEOUT_MS = 3_000
+/** A waiting pull is woken at once when this much arrived in one turn. @internal */
+export const WAKE_BYTES = 256 * 1024
 /** Messages of the byte view are at most this large. @internal */
 export const DEFAULT_SPLIT_SIZE = 256 * 1024
 
@@ -109,12 +122,15 @@ export class Adapter {
   readonly maxPayload: number
   readonly writeHighWaterMark: number
   readonly closeTimeoutMillis: number
+  readonly wakeBytes: number
   chunks: Array<Uint8Array> = []
   buffered = 0
   /** Paused until the first reader, and at the high-water mark. */
   paused = true
   started = false
   discard = false
+  /** A deferred wake-up is pending. */
+  wakeScheduled = false
   waiter: ReadResume | undefined = undefined
   waiterReader: ReaderHandle | undefined = undefined
   readError: Socket.SocketError | undefined = undefined
@@ -133,6 +149,7 @@ export class Adapter {
     this.maxPayload = options?.maxPayload ?? Number.MAX_SAFE_INTEGER
     this.writeHighWaterMark = options?.writeHighWaterMark ?? DEFAULT_WRITE_HIGH_WATER_MARK
     this.closeTimeoutMillis = options?.closeTimeoutMillis ?? DEFAULT_CLOSE_TIMEOUT_MS
+    this.wakeBytes = Math.min(WAKE_BYTES, Math.ceil(this.highWaterMark / 2))
     driver.pause?.()
   }
 
@@ -160,7 +177,18 @@ export class Adapter {
         return
       }
     }
-    this.wake()
+    if (this.waiter === undefined) return
+    const defer = this.driver.defer
+    if (defer === undefined || this.buffered >= this.wakeBytes) this.wake()
+    else if (!this.wakeScheduled) {
+      this.wakeScheduled = true
+      defer(this.onDeferredWake)
+    }
+  }
+
+  readonly onDeferredWake = (): void => {
+    this.wakeScheduled = false
+    if (this.chunks.length > 0) this.wake()
   }
 
   /** The connection closed: `code` as received (1005: no code, 1006: no close frame). */
@@ -297,7 +325,38 @@ export class Adapter {
     })
   }
 
-  /** Sends one message; the last of a write waits when the driver's buffer is past the mark. */
+  /** Sends one message; waits when the driver's buffer is past the mark. */
+  sendOne(message: Uint8Array | string): Effect.Effect<void, Socket.SocketError> {
+    const driver = this.driver
+    try {
+      const size = typeof message === "string" ? message.length : message.byteLength
+      if (driver.bufferedAmount() + size <= this.writeHighWaterMark) {
+        driver.send(message, undefined)
+        return Effect.void
+      }
+      return this.sendLast(message)
+    } catch (cause) {
+      return Effect.fail(writeFailure(cause))
+    }
+  }
+
+  /** Sends the last message of a write when the driver's buffer is past the mark, and waits. */
+  sendLast(message: Uint8Array | string): Effect.Effect<void, Socket.SocketError> {
+    const driver = this.driver
+    if (!driver.sendCallbacks) {
+      driver.send(message, undefined)
+      return this.awaitBelowMark()
+    }
+    return Effect.callback<void, Socket.SocketError>((resume) => {
+      try {
+        driver.send(message, (error) => resume(error == null ? Effect.void : Effect.fail(writeFailure(error))))
+      } catch (cause) {
+        resume(Effect.fail(writeFailure(cause)))
+      }
+    })
+  }
+
+  /** Sends messages; the last of a write waits when the driver's buffer is past the mark. */
   sendMessages(parts: ReadonlyArray<Uint8Array | string>): Effect.Effect<void, Socket.SocketError> {
     const driver = this.driver
     const last = parts.length - 1
@@ -309,13 +368,7 @@ export class Adapter {
         driver.send(final, undefined)
         return Effect.void
       }
-      if (!driver.sendCallbacks) {
-        driver.send(final, undefined)
-        return this.awaitBelowMark()
-      }
-      return Effect.callback<void, Socket.SocketError>((resume) => {
-        driver.send(final, (error) => resume(error == null ? Effect.void : Effect.fail(writeFailure(error))))
-      })
+      return this.sendLast(final)
     } catch (cause) {
       return Effect.fail(writeFailure(cause))
     }
@@ -324,7 +377,7 @@ export class Adapter {
   write(chunk: Uint8Array | string | Socket.CloseEvent, split: number): Effect.Effect<void, Socket.SocketError> {
     if (typeof chunk === "object" && Socket.isCloseEvent(chunk)) return this.closeWith(chunk)
     if (this.writeError !== undefined) return Effect.fail(this.writeError)
-    if (typeof chunk === "string" || chunk.byteLength <= split) return this.sendMessages([chunk])
+    if (typeof chunk === "string" || chunk.byteLength <= split) return this.sendOne(chunk)
     return this.sendMessages(splitBytes([chunk], split))
   }
 

@@ -14,6 +14,7 @@
 import * as Effect from "effect/Effect"
 import * as Socket from "effect/socket/Socket"
 import type * as Http from "node:http"
+import type * as Net from "node:net"
 import WebSocket from "ws"
 import { checkProtocol, type Extension, formatExtensions, parseExtensions } from "../Negotiation.ts"
 import { ExtensionNotOffered, HandshakeRejected, InvalidNegotiation, make as wsError, type WsError } from "../WsError.ts"
@@ -34,6 +35,7 @@ export const connect: Connect = (request) =>
         let lastError: Error | undefined
         let accepted: ReadonlyArray<Extension> = []
         let selected: string | undefined
+        let socket: Net.Socket | undefined
         let ws: WebSocket
         const ours = request.extensions.length > 0 ? formatExtensions(request.extensions) : undefined
         try {
@@ -61,6 +63,7 @@ export const connect: Connect = (request) =>
           ws.terminate()
         }
         ws.on("upgrade", (res: Http.IncomingMessage) => {
+          socket = res.socket
           selected = res.headers["sec-websocket-protocol"]
           const protocolError = checkProtocol(selected, request.protocols, request.requireProtocol)
           if (protocolError !== undefined) return abort(wsError(protocolError))
@@ -99,7 +102,7 @@ export const connect: Connect = (request) =>
         const onOpen = () => {
           ws.off("error", onError)
           ws.off("close", onClose)
-          const adapter = adapterFromWs(ws, request.maxPayload, request.adapter)
+          const adapter = adapterFromWs(ws, request.maxPayload, request.adapter, socket)
           resume(Effect.succeed({
             adapter,
             protocol: selected === "" ? undefined : selected,

@@ -200,8 +200,8 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
       Queue.offerUnsafe(pending, connection)
     }
 
-    const onUpgraded = (ws: WebSocket, req: Http.IncomingMessage, selection: Selection) => {
-      const adapter = adapterFromWs(ws, maxPayload, adapterOptions)
+    const onUpgraded = (ws: WebSocket, req: Http.IncomingMessage, socket: Net.Socket, selection: Selection) => {
+      const adapter = adapterFromWs(ws, maxPayload, adapterOptions, socket)
       live.add(adapter)
       ws.once("close", () => live.delete(adapter))
       if (closed) return adapter.release()
@@ -298,7 +298,7 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
       wss.handleUpgrade(req, socket, head, (ws) => {
         done()
         socket.off("close", done)
-        onUpgraded(ws, req, selections.get(req)!)
+        onUpgraded(ws, req, socket, selections.get(req)!)
       })
     })
 
