@@ -19,6 +19,7 @@
  * @since 0.1.0
  */
 import * as Schema from "effect/Schema"
+import { ProtocolViolation, TransportClosed } from "./SessionError.ts"
 
 /**
  * The codes of the spec's "Codes" table: u16 values carried by GOAWAY,
@@ -96,20 +97,13 @@ export const isRetryableCode = (code: number): boolean =>
  * The peer broke the wire protocol: a runt message, a malformed control
  * message, a bad channel id, data for an idle channel. The connection ends
  * with GOAWAY and `code` (PROTOCOL_ERROR or INVALID_ID). `offset` is the byte
- * of the control message (after the channel id) where it was found.
+ * of the control message (after the channel id) where it was found. The same
+ * reason as a session's.
  *
  * @category reasons
  * @since 0.1.0
  */
-export class ProtocolViolation extends Schema.TaggedError<ProtocolViolation>()("ProtocolViolation", {
-  detail: Schema.String,
-  offset: Schema.optional(Schema.Number),
-  code: Schema.Number
-}) {
-  override get message(): string {
-    return this.offset === undefined ? this.detail : `${this.detail} (at byte ${this.offset})`
-  }
-}
+export { ProtocolViolation } from "./SessionError.ts"
 
 /**
  * A message larger than its limit: a control message above 4096 bytes
@@ -284,19 +278,13 @@ export class GoneAway extends Schema.TaggedError<GoneAway>()("GoneAway", {
 }
 
 /**
- * The message transport under the channels closed or failed.
+ * The message transport under the channels closed or failed: the same
+ * reason as a session's.
  *
  * @category reasons
  * @since 0.1.0
  */
-export class TransportClosed extends Schema.TaggedError<TransportClosed>()("TransportClosed", {
-  detail: Schema.String,
-  cause: Schema.optional(Schema.Defect())
-}) {
-  override get message(): string {
-    return `transport closed: ${this.detail}`
-  }
-}
+export { TransportClosed } from "./SessionError.ts"
 
 /**
  * @category reasons

@@ -30,6 +30,7 @@ import { ChannelError, Code, GoneAway, TransportClosed } from "./ChannelError.ts
 import { type ChannelState, Engine, type EngineStats } from "./internal/channelEngine.ts"
 import * as F from "./internal/channelFrames.ts"
 import * as MessageTransport from "./MessageTransport.ts"
+import { makeWriterSignal } from "./internal/writerSignal.ts"
 
 /**
  * @category type IDs
@@ -346,16 +347,7 @@ export const make = <E>(
     const requestTimeout = Duration.fromInputUnsafe(options.requestTimeout ?? "30 seconds")
     const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? "5 seconds")
     const ended = yield* Deferred.make<void, ChannelError>()
-    let writerWaker: Waker | undefined
-    let wakeScheduled = false
-    const wakeNow = () => {
-      wakeScheduled = false
-      const waker = writerWaker
-      if (waker !== undefined) {
-        writerWaker = undefined
-        waker()
-      }
-    }
+    const writerSignal = makeWriterSignal()
 
     const engine: Engine = new Engine({
       side: options.role,
@@ -373,11 +365,7 @@ export const make = <E>(
       writeHighWater: 256 * 1024
     }, {
       // Coalesced to the end of the turn: what one turn produces leaves in one batch.
-      wakeWriter: () => {
-        if (writerWaker === undefined || wakeScheduled) return
-        wakeScheduled = true
-        queueMicrotask(wakeNow)
-      },
+      wakeWriter: writerSignal.wake,
       onEnd: (error) => {
         Deferred.doneUnsafe(ended, error === undefined ? Exit.void : Exit.fail(error))
       },
@@ -420,17 +408,10 @@ export const make = <E>(
         })
     })
 
-    const waitForWork: Effect.Effect<void> = Effect.callback<void>((resume) => {
-      writerWaker = () => resume(Effect.void)
-      return Effect.sync(() => {
-        writerWaker = undefined
-      })
-    })
-
     const writeLoop: Effect.Effect<void, E> = Effect.suspend(() => {
       if (!engine.hasWork) {
         if (engine.writerDone) return Effect.void
-        return Effect.andThen(waitForWork, writeLoop)
+        return Effect.andThen(writerSignal.wait, writeLoop)
       }
       const batch = run(() => engine.takeBatch())
       if (batch === undefined) return writeLoop

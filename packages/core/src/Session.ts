@@ -59,6 +59,7 @@ import {
   UnsupportedByCodec
 } from "./SessionError.ts"
 import * as Transport from "./Transport.ts"
+import { makeWriterSignal } from "./internal/writerSignal.ts"
 
 /**
  * @category type IDs
@@ -321,16 +322,7 @@ export const make = (
     // Round trips on loopback are well under a millisecond: time pings in
     // fractions of one.
     const nowPrecise = () => Number(clock.currentTimeNanosUnsafe()) / 1e6
-    let writerWaker: (() => void) | undefined
-    let wakeScheduled = false
-    const wakeNow = () => {
-      wakeScheduled = false
-      const waker = writerWaker
-      if (waker !== undefined) {
-        writerWaker = undefined
-        waker()
-      }
-    }
+    const writerSignal = makeWriterSignal()
     const ended = yield* Deferred.make<void, SessionError>()
     let sessionError: SessionError | undefined
     const pongs = new Map<number, (at: number) => void>()
@@ -356,11 +348,7 @@ export const make = (
       // Wake-ups are coalesced to the end of the current turn, so the frames
       // that one turn produces (an open, its data, its FIN, window updates)
       // leave in one write instead of one write each.
-      wakeWriter: () => {
-        if (writerWaker === undefined || wakeScheduled) return
-        wakeScheduled = true
-        queueMicrotask(wakeNow)
-      },
+      wakeWriter: writerSignal.wake,
       onIncoming: (stream) => {
         if (stream.type !== 0) handlers.get(stream.type)?.(stream)
       },
@@ -449,17 +437,10 @@ export const make = (
       return readLoop
     })
 
-    const waitForWork: Effect.Effect<void> = Effect.callback<void>((resume) => {
-      writerWaker = () => resume(Effect.void)
-      return Effect.sync(() => {
-        writerWaker = undefined
-      })
-    })
-
     const writeLoop: Effect.Effect<void, Socket.SocketError> = Effect.suspend(() => {
       if (!engine.hasWork) {
         if (engine.ended || engine.failure !== undefined) return Effect.void
-        return Effect.andThen(waitForWork, writeLoop)
+        return Effect.andThen(writerSignal.wait, writeLoop)
       }
       const batch = engine.nextBatch()
       report()

@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 export * as Delineation from "./Delineation.ts"
+export * as Acceptor from "./Acceptor.ts"
 export * as ChannelError from "./ChannelError.ts"
 export * as Channels from "./Channels.ts"
 export * as DelineationError from "./DelineationError.ts"

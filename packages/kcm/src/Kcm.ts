@@ -185,7 +185,7 @@ const fromInternal = (mux: internal.Multiplexor): Multiplexor => {
     label: p.label,
     detach: mux.detach(p),
     gone: mux.awaitGone(p),
-    stats: Effect.sync(() => (mux.active.includes(p) ? mux.transportStats(p) : undefined))
+    stats: Effect.sync(() => mux.statsOf(p))
   })
   return {
     [TypeId]: TypeId,
@@ -286,8 +286,7 @@ export const makePool = <E>(
       if (Exit.isFailure(exit)) {
         yield* Scope.close(owned, Exit.void)
         mux.dialFailures++
-        const error = exit.cause
-        PubSub.publishUnsafe(mux.events, { _tag: "DialFailed", error, attached: mux.active.length })
+        PubSub.publishUnsafe(mux.events, { _tag: "DialFailed", error: exit.cause, attached: mux.active.length })
         return yield* Effect.failCause(exit.cause)
       }
     })

@@ -9,21 +9,13 @@ import type * as Socket from "effect/socket/Socket"
 import * as Fs from "node:fs"
 import { FaultProxy, Tcp, Tls } from "../src/index.ts"
 import { concat } from "@plexus/core/test/fixtures/Streams.ts"
+import { socketBufferMax } from "@plexus/core/test/fixtures/Kernel.ts"
 
 export { concat }
 
 export const cert = Fs.readFileSync(new URL("./fixtures/cert.pem", import.meta.url), "utf8")
 export const key = Fs.readFileSync(new URL("./fixtures/key.pem", import.meta.url), "utf8")
 
-const sysctlMax = (name: string, fallback: number): number => {
-  try {
-    const fields = Fs.readFileSync(`/proc/sys/net/ipv4/${name}`, "utf8").trim().split(/\s+/)
-    const max = Number(fields[2])
-    return Number.isFinite(max) && max > 0 ? max : fallback
-  } catch {
-    return fallback
-  }
-}
 
 /**
  * What a writer can get accepted while its peer never reads: the kernel's
@@ -32,7 +24,7 @@ const sysctlMax = (name: string, fallback: number): number => {
  * machine: about 6.8 MiB with the default high-water mark.)
  */
 export const maxBufferedWhileStalled = (highWaterMark = Tcp.DEFAULT_HIGH_WATER_MARK): number =>
-  sysctlMax("tcp_wmem", 4 * 1024 * 1024) + sysctlMax("tcp_rmem", 6 * 1024 * 1024) + highWaterMark + 4 * 64 * 1024
+  socketBufferMax("tcp_wmem", 4 * 1024 * 1024) + socketBufferMax("tcp_rmem", 6 * 1024 * 1024) + highWaterMark + 4 * 64 * 1024
 
 /** A port nothing listens on (it was just bound and released). */
 export const freePort: Effect.Effect<number> = Effect.scoped(Effect.map(Effect.orDie(Tcp.listen()), (s) => s.port))

@@ -4,19 +4,10 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Fs from "node:fs"
 import * as Net from "node:net"
 import { NodeWs, Ws } from "../src/index.ts"
+import { socketBufferMax } from "@plexus/core/test/fixtures/Kernel.ts"
 
-const sysctlMax = (name: string, fallback: number): number => {
-  try {
-    const fields = Fs.readFileSync(`/proc/sys/net/ipv4/${name}`, "utf8").trim().split(/\s+/)
-    const max = Number(fields[2])
-    return Number.isFinite(max) && max > 0 ? max : fallback
-  } catch {
-    return fallback
-  }
-}
 
 const MiB = 1024 * 1024
 
@@ -28,7 +19,7 @@ const MiB = 1024 * 1024
  * (a socket read, a partly received message).
  */
 export const maxBufferedWhileStalled = (): number =>
-  sysctlMax("tcp_wmem", 4 * MiB) + sysctlMax("tcp_rmem", 6 * MiB) + 2 * MiB + 2 * MiB + 512 * 1024
+  socketBufferMax("tcp_wmem", 4 * MiB) + socketBufferMax("tcp_rmem", 6 * MiB) + 2 * MiB + 2 * MiB + 512 * 1024
 
 /** A port nothing listens on (it was just bound and released). */
 export const freePort: Effect.Effect<number> = Effect.callback<number>((resume) => {

@@ -4,6 +4,18 @@
  * @internal
  */
 
+/** A big-endian u32 at `p`. */
+export const readU32 = (b: Uint8Array, p: number): number =>
+  ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0
+
+/** Writes `v` as a big-endian u32 at `p`. */
+export const writeU32 = (b: Uint8Array, p: number, v: number): void => {
+  b[p] = v >>> 24
+  b[p + 1] = (v >>> 16) & 0xff
+  b[p + 2] = (v >>> 8) & 0xff
+  b[p + 3] = v & 0xff
+}
+
 /** Joins chunks into one buffer; a single chunk is returned as it is, uncopied. */
 export const concatBytes = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => {
   if (chunks.length === 1) return chunks[0]

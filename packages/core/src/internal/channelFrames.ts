@@ -27,6 +27,7 @@ import {
   ProtocolViolation,
   RequestRejected
 } from "../ChannelError.ts"
+import { readU32, writeU32 } from "./bytes.ts"
 
 // ---------------------------------------------------------------------------
 // Constants
@@ -425,15 +426,6 @@ export type ControlMessage = OutgoingControl | UnknownNotification
 
 const readU16 = (b: Uint8Array, p: number): number => (b[p] << 8) | b[p + 1]
 
-const readU32 = (b: Uint8Array, p: number): number =>
-  ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0
-
-const writeU32 = (b: Uint8Array, p: number, v: number): void => {
-  b[p] = v >>> 24
-  b[p + 1] = (v >>> 16) & 0xff
-  b[p + 2] = (v >>> 8) & 0xff
-  b[p + 3] = v & 0xff
-}
 
 // `ignoreBOM` keeps a leading U+FEFF, so every string round-trips.
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })

@@ -10,6 +10,7 @@
  *
  * @internal
  */
+import { readU32, writeU32 } from "./bytes.ts"
 
 /** Frame types (spec: Types). */
 export const TYPE_DATA = 0x0
@@ -85,15 +86,6 @@ export interface FrameDecoder {
   readonly buffered: number
 }
 
-const readU32 = (b: Uint8Array, p: number): number =>
-  ((b[p] << 24) | (b[p + 1] << 16) | (b[p + 2] << 8) | b[p + 3]) >>> 0
-
-const writeU32 = (b: Uint8Array, p: number, v: number): void => {
-  b[p] = v >>> 24
-  b[p + 1] = (v >>> 16) & 0xff
-  b[p + 2] = (v >>> 8) & 0xff
-  b[p + 3] = v & 0xff
-}
 
 const utf8 = new TextDecoder("utf-8", { fatal: false })
 const utf8Encoder = new TextEncoder()

@@ -168,6 +168,14 @@ export interface DetachedTransport {
   readonly writer: Socket.Writer
 }
 
+const handBack = (p: Psock, pending: Uint8Array): DetachedTransport => ({
+  id: p.id,
+  label: p.label,
+  pending,
+  reader: p.reader,
+  writer: p.writer
+})
+
 const kcmError = (reason: KcmError["reason"]) => new KcmError({ reason })
 const muxClosed = kcmError(new MuxClosed())
 const closedFailure = Effect.fail(muxClosed)
@@ -269,7 +277,7 @@ export class Multiplexor {
     return Effect.gen({ self: this }, function*() {
       if (p.state !== ACTIVE) {
         if (p.state === DETACHING) yield* this.awaitGone(p)
-        return { id: p.id, label: p.label, pending: EMPTY, reader: p.reader, writer: p.writer }
+        return handBack(p, EMPTY)
       }
       p.state = DETACHING
       this.removeActive(p)
@@ -280,14 +288,14 @@ export class Multiplexor {
         })
       }
       // A failure while we waited has already taken it out.
-      if (p.state === GONE) return { id: p.id, label: p.label, pending: EMPTY, reader: p.reader, writer: p.writer }
+      if (p.state === GONE) return handBack(p, EMPTY)
       if (p.fiber !== undefined) yield* Fiber.interrupt(p.fiber)
       const pending = p.decoder.takePending()
       // Not waiting (the attaching scope is closing, and the connection with it): a write still
       // in progress may be cut off, so it is reported.
       this.finish(p, { _tag: "Requested" }, p.busy ? p.inflight : EMPTY_LIST, 0)
       if (p.owned !== undefined) yield* Scope.close(p.owned, Exit.void)
-      return { id: p.id, label: p.label, pending, reader: p.reader, writer: p.writer }
+      return handBack(p, pending)
     })
   }
 
@@ -305,9 +313,10 @@ export class Multiplexor {
   }
 
   /**
-   * Drops a failed transport: out of the pool at once, its reader stopped,
-   * its connection reset when the byte stream is unusable, the event
-   * published.
+   * Drops a failed transport. It leaves the pool at the call, before anything
+   * else can pick it; the Effect returned stops its reader, resets its
+   * connection when the byte stream is unusable, and closes what the
+   * multiplexor owns of it. Call it where the failure is seen, at run time.
    */
   fail(
     p: Psock,
@@ -315,23 +324,19 @@ export class Multiplexor {
     failedMessages: ReadonlyArray<Uint8Array>,
     fromReader: boolean
   ): Effect.Effect<void> {
-    return Effect.suspend(() => {
-      if (p.state === GONE) return Effect.void
-      if (p.state === ACTIVE) this.removeActive(p)
-      p.state = DETACHING
-      const lost = p.decoder.buffered
-      // A failure seen first by the reader still cuts off the write in progress.
-      this.finish(p, reason, failedMessages.length === 0 && p.busy ? p.inflight : failedMessages, lost)
-      const effects: Array<Effect.Effect<void>> = []
-      if (!fromReader && p.fiber !== undefined) effects.push(Fiber.interrupt(p.fiber))
-      if (reason._tag === "PeerClosed") {
-        effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(Transport.CLOSE_NORMAL))))
-      } else if (reason._tag !== "TransportFailed" && reason._tag !== "MuxClosed") {
-        effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(CLOSE_PROTOCOL_ERROR, describeDetach(reason)))))
-      }
-      if (p.owned !== undefined) effects.push(Scope.close(p.owned, Exit.void))
-      return effects.length === 0 ? Effect.void : Effect.forEach(effects, (e) => e, { discard: true })
-    })
+    if (p.state === GONE) return Effect.void
+    if (p.state === ACTIVE) this.removeActive(p)
+    // A failure seen first by the reader still cuts off the write in progress.
+    this.finish(p, reason, failedMessages.length === 0 && p.busy ? p.inflight : failedMessages, p.decoder.buffered)
+    const effects: Array<Effect.Effect<void>> = []
+    if (!fromReader && p.fiber !== undefined) effects.push(Fiber.interrupt(p.fiber))
+    if (reason._tag === "PeerClosed") {
+      effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(Transport.CLOSE_NORMAL))))
+    } else if (reason._tag !== "TransportFailed" && reason._tag !== "MuxClosed") {
+      effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(CLOSE_PROTOCOL_ERROR, describeDetach(reason)))))
+    }
+    if (p.owned !== undefined) effects.push(Scope.close(p.owned, Exit.void))
+    return effects.length === 0 ? Effect.void : Effect.forEach(effects, (e) => e, { discard: true })
   }
 
   private finish(p: Psock, reason: DetachReason, failedMessages: ReadonlyArray<Uint8Array>, lost: number): void {
@@ -355,9 +360,7 @@ export class Multiplexor {
         metrics.timeouts.modifyUnsafe(1, this.context)
       }
     }
-    if (p.paused) {
-      p.paused = false
-    }
+    p.paused = false
     PubSub.publishUnsafe(this.events, {
       _tag: "Detached",
       id: p.id,
@@ -512,13 +515,10 @@ export class Multiplexor {
           p.inflight = EMPTY_LIST
           this.sendFailures++
           // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
-          if (p.state === ACTIVE) {
-            this.removeActive(p)
-            p.state = DETACHING
-          }
+          const dropped = this.fail(p, { _tag: "TransportFailed", error }, messages, false)
           this.release(p)
           return Effect.andThen(
-            this.fail(p, { _tag: "TransportFailed", error }, messages, false),
+            dropped,
             Effect.fail(kcmError(new MessageCutOff({ transportId: p.id, detail: error.message })))
           )
         }
@@ -870,7 +870,12 @@ export class Multiplexor {
     })
   })
 
-  transportStats(p: Psock): TransportStats {
+  /** A transport's counters while it is attached. */
+  statsOf(p: Psock): TransportStats | undefined {
+    return p.state === ACTIVE ? this.transportStats(p) : undefined
+  }
+
+  private transportStats(p: Psock): TransportStats {
     return {
       id: p.id,
       label: p.label,

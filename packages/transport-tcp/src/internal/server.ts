@@ -7,26 +7,20 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
-import * as FiberSet from "effect/FiberSet"
 import * as NetAddress from "effect/net/NetAddress"
 import * as Queue from "effect/Queue"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
-import type * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
-import * as Stream from "effect/Stream"
 import * as Context from "effect/Context"
 import * as Layer from "effect/Layer"
 import type * as Net from "node:net"
+import { Acceptor } from "@plexus/core"
 import { type Connection, TcpServer } from "../TcpServer.ts"
 import { type AdapterOptions, fromNodeSocket, release } from "./nodeSocket.ts"
 
 const openError = (cause: unknown) =>
   new SocketServer.SocketServerError({ reason: new SocketServer.SocketServerOpenError({ cause }) })
-
-const serverClosed = new SocketServer.SocketServerError({
-  reason: new SocketServer.SocketServerUnknownError({ cause: new Error("server closed") })
-})
 
 /** @internal */
 export const listenWith = (options: {
@@ -108,39 +102,14 @@ export const listenWith = (options: {
     const address = NetAddress.inetAddressFromIpString(bound.address, bound.port)
     if (Result.isFailure(address)) return yield* Effect.fail(openError(address.failure))
 
-    const take: Effect.Effect<Connection, SocketServer.SocketServerError> = Effect.mapError(
-      Queue.take(pending),
-      () => serverClosed
-    )
-
-    const run = <R, E, _>(
-      handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>
-    ): Effect.Effect<never, SocketServer.SocketServerError, R> =>
-      Effect.scoped(Effect.flatMap(FiberSet.make<unknown, unknown>(), (fibers) => {
-        const one = Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(take), (c) =>
-            FiberSet.run(
-              fibers,
-              handler(c.socket).pipe(
-                Effect.ensuring(c.close),
-                Effect.ignoreCause({ log: "Debug", message: "TCP connection handler failed" })
-              )
-            ))
-        )
-        return Effect.forever(one)
-      }))
-
-    const accept: Effect.Effect<Connection, SocketServer.SocketServerError, Scope.Scope> = Effect
-      .uninterruptibleMask((restore) =>
-        Effect.tap(restore(take), (c) => Effect.addFinalizer(() => c.close))
-      )
+    const { run, accept, connections } = Acceptor.fromQueue(pending, "TCP")
 
     return {
       address: address.success,
       port: bound.port,
       run,
       accept,
-      connections: Stream.fromQueue(pending),
+      connections,
       stats: Effect.sync(() => ({ accepted, refused, open: live.size }))
     }
   })

@@ -14,14 +14,12 @@ import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import * as FiberSet from "effect/FiberSet"
 import * as NetAddress from "effect/net/NetAddress"
 import * as Queue from "effect/Queue"
 import * as Result from "effect/Result"
 import type * as Scope from "effect/Scope"
-import type * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
-import * as Stream from "effect/Stream"
+import { Acceptor } from "@plexus/core"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import { WebSocketServer } from "ws"
@@ -73,10 +71,6 @@ export const DEFAULT_MAX_HEADER_COUNT = 64
 
 const openError = (cause: unknown) =>
   new SocketServer.SocketServerError({ reason: new SocketServer.SocketServerOpenError({ cause }) })
-
-const serverClosed = new SocketServer.SocketServerError({
-  reason: new SocketServer.SocketServerUnknownError({ cause: new Error("server closed") })
-})
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   400: "Bad Request",
@@ -339,28 +333,7 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
     const address = NetAddress.inetAddressFromIpString(bound.address, bound.port)
     if (Result.isFailure(address)) return yield* Effect.fail(openError(address.failure))
 
-    const take: Effect.Effect<Connection, SocketServer.SocketServerError> = Effect.mapError(
-      Queue.take(pending),
-      () => serverClosed
-    )
-
-    const run = <R, E, _>(
-      handler: (socket: Socket.Socket) => Effect.Effect<_, E, R>
-    ): Effect.Effect<never, SocketServer.SocketServerError, R> =>
-      Effect.scoped(Effect.flatMap(FiberSet.make<unknown, unknown>(), (fibers) =>
-        Effect.forever(Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(restore(take), (c) =>
-            FiberSet.run(
-              fibers,
-              handler(c.socket).pipe(
-                Effect.ensuring(c.close),
-                Effect.ignoreCause({ log: "Debug", message: "WebSocket connection handler failed" })
-              )
-            ))
-        ))))
-
-    const accept: Effect.Effect<Connection, SocketServer.SocketServerError, Scope.Scope> = Effect
-      .uninterruptibleMask((restore) => Effect.tap(restore(take), (c) => Effect.addFinalizer(() => c.close)))
+    const { run, accept, connections } = Acceptor.fromQueue(pending, "WebSocket")
 
     const host = bound.family === "IPv6" ? `[${bound.address}]` : bound.address
     return {
@@ -369,7 +342,7 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
       url: `ws://${host}:${bound.port}${options.path ?? "/"}`,
       run,
       accept,
-      connections: Stream.fromQueue(pending),
+      connections,
       stats: Effect.sync((): Stats => ({ ...counts, open: live.size }))
     }
   })
