@@ -22,6 +22,7 @@ import * as Effect from "effect/Effect"
 import { Buffer } from "node:buffer"
 import * as Url from "node:url"
 import * as Child from "../harness/Child.ts"
+import { makePool, messageHash } from "../harness/Payload.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
 
 const HOST = "127.0.0.1"
@@ -41,14 +42,6 @@ type Impl = "plexus" | "ws"
 // Checksums (both ends)
 // ---------------------------------------------------------------------------
 
-/** Order-sensitive hash of one message: its first and last 32-bit words. */
-const messageHash = (h: number, m: Uint8Array): number => {
-  const n = m.length
-  const first = m[0]! | (m[1]! << 8) | (m[2]! << 16) | (m[3]! << 24)
-  const last = m[n - 4]! | (m[n - 3]! << 8) | (m[n - 2]! << 16) | (m[n - 1]! << 24)
-  return (Math.imul(Math.imul(h, 31) + first, 31) + last) | 0
-}
-
 /** Byte stream hash, independent of chunking: every byte at an offset that is a multiple of 1 KiB. */
 const bytesHash = (state: { h: number; offset: number }, chunk: Uint8Array): void => {
   let p = (MESSAGE_SIZE - (state.offset % MESSAGE_SIZE)) % MESSAGE_SIZE
@@ -56,18 +49,6 @@ const bytesHash = (state: { h: number; offset: number }, chunk: Uint8Array): voi
   for (; p < chunk.length; p += MESSAGE_SIZE) h = (Math.imul(h, 31) + chunk[p]!) | 0
   state.h = h
   state.offset += chunk.length
-}
-
-const makePool = (count: number, size: number): Array<Buffer> => {
-  let seed = 0x9e3779b9
-  return Array.from({ length: count }, () => {
-    const b = Buffer.allocUnsafe(size)
-    for (let i = 0; i < size; i++) {
-      seed = (Math.imul(seed, 1103515245) + 12345) | 0
-      b[i] = seed >>> 24
-    }
-    return b
-  })
 }
 
 // ---------------------------------------------------------------------------
