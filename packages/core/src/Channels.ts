@@ -12,6 +12,18 @@
  * never on the others. `close` on a channel is a graceful DESTROY (what was
  * sent is delivered, then the peer's messages end); `abort` discards.
  *
+ * Encrypted channels (the `encryption` extension, `OpenOptions.encryption`
+ * and `Options.keys`) seal every message with AES-GCM under a key of their
+ * own, through WebCrypto. Messages are sealed in the order they leave and
+ * opened in the order they are pulled, so neither blocks other channels or
+ * the connection's reader; a message that does not open (tampered,
+ * replayed, moved, reflected) fails that channel alone with `DecryptFailed`.
+ *
+ * Fanout (the `fanout` extension): `OpenOptions.fanout`, `link`, `unlink`
+ * and `filter` ask the peer to attach a channel to a data flow; the peer's
+ * such requests go to `Options.fanout`, a `FanoutHandler` (the `Fanout`
+ * module's nodes provide one), which accepts or refuses each with a code.
+ *
  * @since 0.1.0
  */
 import type { NonEmptyReadonlyArray } from "effect/Array"
@@ -22,12 +34,15 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
 import * as Predicate from "effect/Predicate"
 import type * as Pull from "effect/Pull"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { ChannelError, Code, GoneAway, TransportClosed } from "./ChannelError.ts"
+import { ChannelError, Code, DecryptFailed, GoneAway, TransportClosed } from "./ChannelError.ts"
 import { type ChannelState, Engine, type EngineStats } from "./internal/channelEngine.ts"
+import type { Answer, FanoutHooks } from "./internal/channelFanout.ts"
+import { type Opened, suiteByName, suiteName } from "./internal/channelCrypto.ts"
 import * as F from "./internal/channelFrames.ts"
 import * as MessageTransport from "./MessageTransport.ts"
 import { makeWriterSignal } from "./internal/writerSignal.ts"
@@ -64,15 +79,42 @@ export interface Options {
   readonly role: "client" | "server"
   /**
    * The negotiated extension list (from the handshake). A CREATE asking for
-   * one outside it is refused with EXTENSION_NOT_NEGOTIATED. This version
-   * implements none of them yet: a CREATE asking for a negotiated one is
-   * refused with BAD_EXTENSION_PARAMS.
+   * one outside it is refused with EXTENSION_NOT_NEGOTIATED. A CREATE with
+   * the fanout extension, and LINK, UNLINK and FILTER, go to `fanout` when
+   * "fanout" is negotiated (refused with BAD_EXTENSION_PARAMS and
+   * UNKNOWN_FLOW without one). A CREATE with encryption is accepted when
+   * "encryption" is negotiated and `keys` has its key id (UNKNOWN_KEY
+   * otherwise); the accepted channel's `encryption` says so.
    */
   readonly extensions?: ReadonlyArray<Extension> | undefined
+  /** Decides the peer's fanout requests (see `FanoutHandler`; the `Fanout` module provides one). */
+  readonly fanout?: FanoutHandler | undefined
+  /**
+   * The keys that key ids name, for encrypted channels (spec: Encryption):
+   * provisioned, or derived from the authenticated handshake (a WebSocket's
+   * `keyMaterial`). Looked up when this side opens an encrypted channel and
+   * when the peer asks for one; a key id with no key refuses the CREATE
+   * with UNKNOWN_KEY. Each channel derives a key of its own from it.
+   */
+  readonly keys?: ReadonlyMap<number, Uint8Array> | ((keyId: number) => Uint8Array | undefined) | undefined
+  /**
+   * What one channel key seals per direction before the channel ends with
+   * KEY_EXHAUSTED. Default (and at most) the spec's 2^32 messages and 2^36
+   * bytes; lower values exist for tests.
+   */
+  readonly encryptionLimits?: { readonly messages: number; readonly bytes: number } | undefined
   /** Default window, both directions, unless the handshake set others. Default 64 messages. */
   readonly windowMessages?: number | undefined
   /** Default 256 KiB. */
   readonly windowBytes?: number | undefined
+  /**
+   * How far a channel's receive window grows while the window, not its
+   * consumer, is what slows the peer down (within half the receive budget).
+   * Default 4096 messages; at most the default window disables growth.
+   */
+  readonly maxWindowMessages?: number | undefined
+  /** Default 4 MiB. */
+  readonly maxWindowBytes?: number | undefined
   /** Channels created by the peer live at once. Default 1024. */
   readonly maxChannels?: number | undefined
   /** Created by the peer and not yet accepted. Default 256. */
@@ -106,6 +148,81 @@ export interface OpenOptions {
   readonly extraMessages?: number | undefined
   /** Credit granted to the peer beyond the default window, in bytes. */
   readonly extraBytes?: number | undefined
+  /** Creates the channel with the fanout extension (needs "fanout" negotiated). */
+  readonly fanout?: FanoutParams | undefined
+  /**
+   * Creates an encrypted channel (needs "encryption" negotiated and the key
+   * id in both sides' `keys`). Sends wait for the channel key, derived once
+   * the peer's CREATE_ACK is in: an encrypted channel carries no early data.
+   */
+  readonly encryption?: Encryption | undefined
+}
+
+/**
+ * The encryption of a channel (spec: Encryption): the key id both sides
+ * hold and the AES-GCM suite, AES-256-GCM unless set.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export interface Encryption {
+  readonly keyId: number
+  readonly suite?: "AES-128-GCM" | "AES-256-GCM" | undefined
+}
+
+/**
+ * A per-consumer fanout filter (spec: Fanout, Filters): every message, the
+ * messages whose payload starts with one of 1–32 prefixes, or an
+ * application kind (0x80–0xFF) with opaque data.
+ *
+ * @category fanout
+ * @since 0.1.0
+ */
+export type FanoutFilter = F.ConsumerFilter
+
+/**
+ * Fanout parameters (spec: Fanout): the role (`FanoutRole`), the flow id and
+ * the scope (1–255 bytes each, compared byte for byte) and the filter.
+ *
+ * @category fanout
+ * @since 0.1.0
+ */
+export type FanoutParams = F.FanoutParams
+
+/**
+ * @category fanout
+ * @since 0.1.0
+ */
+export const FanoutRole = { SUBSCRIBE: F.ROLE_SUBSCRIBE, PUBLISH: F.ROLE_PUBLISH } as const
+
+/**
+ * Why a fanout request is refused: the ERROR code sent to the peer
+ * (SCOPE_DENIED, UNKNOWN_FLOW, BAD_FILTER, …) and a readable message.
+ *
+ * @category fanout
+ * @since 0.1.0
+ */
+export interface FanoutRefusal {
+  readonly code: number
+  readonly message: string
+}
+
+/**
+ * The application's side of the peer's fanout requests. Each effect runs in
+ * a fiber of the connection's Scope: success answers the request (CREATE_ACK
+ * with the fanout extension, LINK_ACK, UNLINK_ACK, FILTER_ACK), failure
+ * answers ERROR with the refusal's code. The engine itself refuses a LINK on
+ * a linked channel (ALREADY_LINKED), UNLINK and FILTER on an unlinked one
+ * (NOT_LINKED) and requests on channels that are not open. A channel the
+ * peer created with fanout (`created`) belongs to the handler from then on.
+ *
+ * @category fanout
+ * @since 0.1.0
+ */
+export interface FanoutHandler {
+  readonly link: (channel: Channel, params: FanoutParams, created: boolean) => Effect.Effect<void, FanoutRefusal>
+  readonly unlink: (channel: Channel) => Effect.Effect<void, FanoutRefusal>
+  readonly filter: (channel: Channel, filter: FanoutFilter) => Effect.Effect<void, FanoutRefusal>
 }
 
 /**
@@ -133,6 +250,24 @@ export interface Channel extends MessageTransport.MessageTransport<ChannelError>
   readonly closed: Effect.Effect<void>
   /** How the channel failed, if it did. */
   readonly failure: Effect.Effect<ChannelError | undefined>
+  /** The channel's fanout link, if it has one (created with fanout, or linked). */
+  readonly fanout: FanoutParams | undefined
+  /**
+   * How the channel is encrypted, if it is: set for the creator and the
+   * acceptor alike, so an application accepting a channel can check the key
+   * id and suite before trusting it. A message that fails authentication
+   * fails the channel with `DecryptFailed`.
+   */
+  readonly encryption: { readonly keyId: number; readonly suite: "AES-128-GCM" | "AES-256-GCM" } | undefined
+  /**
+   * Queues a message without waiting for credit (a fanout edge bounds each
+   * consumer by `queuedMessages` and `queuedBytes` instead of waiting).
+   */
+  readonly offerUnsafe: (message: Uint8Array) => ChannelError | undefined
+  /** Messages accepted by `send`/`offerUnsafe` still waiting for credit. */
+  readonly queuedMessages: number
+  /** Their payload bytes. */
+  readonly queuedBytes: number
 }
 
 /**
@@ -162,6 +297,12 @@ export interface Channels {
   readonly merge: (target: Channel, members: ReadonlyArray<Channel>) => Effect.Effect<void, ChannelError>
   /** Takes each member out of its group. */
   readonly unmerge: (members: ReadonlyArray<Channel>) => Effect.Effect<void, ChannelError>
+  /** LINK: attaches an open channel (channel 0 too) to a flow (fails with `RequestFailed` and the peer's code). */
+  readonly link: (channel: Channel, params: FanoutParams) => Effect.Effect<void, ChannelError>
+  /** UNLINK: the channel stays open, plain. */
+  readonly unlink: (channel: Channel) => Effect.Effect<void, ChannelError>
+  /** FILTER: replaces the link's filter. */
+  readonly filter: (channel: Channel, filter: FanoutFilter) => Effect.Effect<void, ChannelError>
   /** PING and its PONG: the round-trip time. */
   readonly ping: Effect.Effect<Duration.Duration, ChannelError>
   readonly stats: Effect.Effect<Stats>
@@ -194,6 +335,20 @@ const waitIn = (list: Array<Waker>): Effect.Effect<void> =>
       if (i >= 0) list.splice(i, 1)
     })
   })
+
+/** The `keys` option as a lookup that never throws: a lookup that throws, or answers no bytes, names no key. */
+const keyLookup = (keys: Options["keys"]): ((keyId: number) => Uint8Array | undefined) | undefined => {
+  if (keys === undefined) return undefined
+  const find = typeof keys === "function" ? keys : (keyId: number) => keys.get(keyId)
+  return (keyId) => {
+    try {
+      const key = find(keyId)
+      return key instanceof Uint8Array ? key : undefined
+    } catch {
+      return undefined
+    }
+  }
+}
 
 /** @internal */
 class ChannelImpl implements Channel {
@@ -234,10 +389,35 @@ class ChannelImpl implements Channel {
     const state = this.state
     if (state.failure !== undefined) return Effect.fail(state.failure)
     const messages = this.run(() => this.engine.takeReceived(state))
-    if (messages !== undefined) return Effect.succeed(messages as unknown as NonEmptyReadonlyArray<Uint8Array>)
+    if (messages !== undefined) {
+      const cipher = state.cipher
+      if (cipher === undefined) return Effect.succeed(messages as unknown as NonEmptyReadonlyArray<Uint8Array>)
+      // Counters are reserved now, in the order batches are taken.
+      return this.opened(cipher.openBatch(messages))
+    }
     if (state.remoteEnded || state.phase === "closed") return Cause.done()
     return Effect.andThen(this.waitRead(), this.pull)
   })
+
+  /**
+   * The plaintexts of a batch being opened. Not interruptible: the batch's
+   * credit is already given back, so dropping it half way would lose it.
+   * Messages before one that fails are delivered; the channel is aborted
+   * with DECRYPT_FAILED and its next pull fails with `DecryptFailed`.
+   */
+  private opened(job: Promise<Opened>): Effect.Effect<NonEmptyReadonlyArray<Uint8Array>, ChannelError> {
+    return Effect.uninterruptible(Effect.flatMap(Effect.promise(() => job), (result) => {
+      const state = this.state
+      const counter = result.failedCounter
+      if (counter !== undefined) this.run(() => this.engine.decryptFailed(state, counter))
+      if (result.opened.length > 0) {
+        return Effect.succeed(result.opened as unknown as NonEmptyReadonlyArray<Uint8Array>)
+      }
+      return Effect.fail(
+        state.failure ?? new ChannelError({ reason: new DecryptFailed({ counter: counter ?? 0 }), channelId: state.sendId })
+      )
+    }))
+  }
 
   get messages(): Stream.Stream<Uint8Array, ChannelError> {
     return Stream.fromPull(Effect.succeed(this.pull))
@@ -322,6 +502,27 @@ class ChannelImpl implements Channel {
     return Effect.sync(() => this.state.failure)
   }
 
+  get fanout(): FanoutParams | undefined {
+    return this.state.link
+  }
+
+  get encryption(): { readonly keyId: number; readonly suite: "AES-128-GCM" | "AES-256-GCM" } | undefined {
+    const cipher = this.state.cipher
+    return cipher === undefined ? undefined : { keyId: cipher.keyId, suite: suiteName(cipher.suite) }
+  }
+
+  offerUnsafe(message: Uint8Array): ChannelError | undefined {
+    return this.run(() => this.engine.enqueue(this.state, [message]))
+  }
+
+  get queuedMessages(): number {
+    return this.state.queued
+  }
+
+  get queuedBytes(): number {
+    return this.state.sendQueuedBytes
+  }
+
   /** Closing the owning scope: gracefully if nothing failed. */
   release(): void {
     const state = this.state
@@ -348,12 +549,19 @@ export const make = <E>(
     const drainTimeout = Duration.fromInputUnsafe(options.drainTimeout ?? "5 seconds")
     const ended = yield* Deferred.make<void, ChannelError>()
     const writerSignal = makeWriterSignal()
+    const runFanout = options.fanout === undefined ? undefined : yield* FiberSet.makeRuntime<never, void, never>()
+    // Set once the wrappers exist, before the reader runs.
+    let fanoutHooks: FanoutHooks<ChannelState> | undefined
 
     const engine: Engine = new Engine({
       side: options.role,
       extensions: new Set(options.extensions ?? []),
+      keys: keyLookup(options.keys),
+      sealLimits: options.encryptionLimits,
       windowMessages: options.windowMessages ?? F.DEFAULT_WINDOW_MESSAGES,
       windowBytes: options.windowBytes ?? F.DEFAULT_WINDOW_BYTES,
+      maxWindowMessages: options.maxWindowMessages ?? 4096,
+      maxWindowBytes: options.maxWindowBytes ?? 4 * 1024 * 1024,
       maxChannels: options.maxChannels ?? 1024,
       acceptBacklog: options.acceptBacklog ?? 256,
       maxPeerRequests: options.maxPeerRequests ?? 256,
@@ -369,7 +577,12 @@ export const make = <E>(
       onEnd: (error) => {
         Deferred.doneUnsafe(ended, error === undefined ? Exit.void : Exit.fail(error))
       },
-      now: () => clock.currentTimeMillisUnsafe()
+      now: () => clock.currentTimeMillisUnsafe(),
+      fanout: options.fanout === undefined ? undefined : {
+        link: (ch, params, created, answer) => fanoutHooks!.link(ch, params, created, answer),
+        unlink: (ch, answer) => fanoutHooks!.unlink(ch, answer),
+        filter: (ch, filter, answer) => fanoutHooks!.filter(ch, filter, answer)
+      }
     })
 
     /** Runs an engine call, then the wake-ups it queued (never during it). */
@@ -380,7 +593,47 @@ export const make = <E>(
         engine.flushWakes()
       }
     }
-    const wrap = (state: ChannelState) => new ChannelImpl(state, engine, run, requestTimeout)
+    // One wrapper per channel, so that the application can key on it.
+    const wrappers = new WeakMap<ChannelState, ChannelImpl>()
+    const wrap = (state: ChannelState) => {
+      let channel = wrappers.get(state)
+      if (channel === undefined) {
+        channel = new ChannelImpl(state, engine, run, requestTimeout)
+        wrappers.set(state, channel)
+      }
+      return channel
+    }
+
+    if (options.fanout !== undefined && runFanout !== undefined) {
+      const handler = options.fanout
+      // Runs a decision after the engine's current step (never inside it) and answers once.
+      const decide = (effect: () => Effect.Effect<void, FanoutRefusal>, answer: Answer) =>
+        engine.wake(() => {
+          runFanout(
+            Effect.suspend(effect).pipe(
+              Effect.onExit((exit) =>
+                Effect.sync(() =>
+                  run(() => {
+                    if (Exit.isSuccess(exit)) return answer()
+                    const failure = Cause.findErrorOption(exit.cause)
+                    answer(
+                      failure._tag === "Some"
+                        ? { code: failure.value.code, detail: truncateDetail(failure.value.message) }
+                        : { code: Code.GOING_AWAY, detail: "not decided" }
+                    )
+                  })
+                )
+              ),
+              Effect.ignore
+            )
+          )
+        })
+      fanoutHooks = {
+        link: (ch, params, created, answer) => decide(() => handler.link(wrap(ch), params, created), answer),
+        unlink: (ch, answer) => decide(() => handler.unlink(wrap(ch)), answer),
+        filter: (ch, filter, answer) => decide(() => handler.filter(wrap(ch), filter), answer)
+      }
+    }
     const own = (channel: ChannelImpl): Effect.Effect<Channel, never, Scope.Scope> =>
       Effect.as(Effect.addFinalizer(() => Effect.sync(() => run(() => channel.release()))), channel)
 
@@ -433,7 +686,16 @@ export const make = <E>(
         let channel: ChannelImpl | undefined
         const result = run(() =>
           engine.open(
-            { label: o?.label ?? "", extraMessages: o?.extraMessages ?? 0, extraBytes: o?.extraBytes ?? 0 },
+            {
+              label: o?.label ?? "",
+              extraMessages: o?.extraMessages ?? 0,
+              extraBytes: o?.extraBytes ?? 0,
+              fanout: o?.fanout,
+              encryption: o?.encryption === undefined ? undefined : {
+                keyId: o.encryption.keyId,
+                suite: suiteByName(o.encryption.suite ?? "AES-256-GCM")
+              }
+            },
             (error) => {
               if (error !== undefined) resume(Effect.fail(error))
               else resume(Effect.succeed(channel!))
@@ -502,6 +764,22 @@ export const make = <E>(
         if (error !== undefined) resume(Effect.fail(error))
       }).pipe(defaultChannel.withTimeout("UNMERGE"))
 
+    const fanoutRequest = (
+      channel: Channel,
+      request: Parameters<Engine["fanoutRequest"]>[1],
+      what: string
+    ): Effect.Effect<void, ChannelError> =>
+      Effect.callback<void, ChannelError>((resume) => {
+        const error = run(() =>
+          engine.fanoutRequest(impl(channel), request, (e) => resume(e === undefined ? Effect.void : Effect.fail(e)))
+        )
+        if (error !== undefined) resume(Effect.fail(error))
+      }).pipe(defaultChannel.withTimeout(what))
+
+    const link = (channel: Channel, params: FanoutParams) => fanoutRequest(channel, { _tag: "Link", params }, "LINK")
+    const unlink = (channel: Channel) => fanoutRequest(channel, { _tag: "Unlink" }, "UNLINK")
+    const filter = (channel: Channel, f: FanoutFilter) => fanoutRequest(channel, { _tag: "Filter", filter: f }, "FILTER")
+
     const ping: Effect.Effect<Duration.Duration, ChannelError> = Effect.callback<number, ChannelError>((resume) => {
       const sentAt = clock.currentTimeMillisUnsafe()
       const id = run(() =>
@@ -562,6 +840,9 @@ export const make = <E>(
       incoming,
       merge,
       unmerge,
+      link,
+      unlink,
+      filter,
       ping,
       stats: Effect.sync((): Stats => ({ ...engine.stats })),
       close,
@@ -569,3 +850,13 @@ export const make = <E>(
     }
     return channels
   })
+
+/** ERROR details are at most 256 bytes of UTF-8 (spec: ERROR); cut on a character boundary. */
+const truncateDetail = (detail: string): string => {
+  if (detail.length <= 64) return detail
+  const bytes = new TextEncoder().encode(detail)
+  if (bytes.length <= F.MAX_TEXT) return detail
+  let end = F.MAX_TEXT
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--
+  return new TextDecoder().decode(bytes.subarray(0, end))
+}

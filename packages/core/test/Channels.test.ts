@@ -284,6 +284,45 @@ describe("Channels", () => {
         assert.isAtLeast(stats.grantsSent, 1)
       }))
 
+    it.live("a busy channel's window grows over a slow link, up to its maximum and never past it", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* connect(
+          { maxWindowMessages: 512, maxWindowBytes: 512 * 1024 },
+          { faults: { latency: "2 millis" } }
+        )
+        const payload = new Uint8Array(1024)
+        const sender = yield* Effect.forkChild(
+          Effect.forEach(Array.from({ length: 3_000 }), () => client.defaultChannel.send(payload), { discard: true })
+        )
+        const got = yield* take(server.defaultChannel, 3_000).pipe(within("3000 messages over a 2 ms link", 20_000))
+        yield* Fiber.join(sender).pipe(within("sender done"))
+        assert.strictEqual(got.length, 3_000)
+        const stats = yield* server.stats
+        assert.isAtLeast(stats.windowGrowths, 1)
+        // Only channel 0 is open: its receive window is all the budget used, at most the maximum.
+        assert.isAbove(stats.budgetUsed, 256 * 1024)
+        assert.isAtMost(stats.budgetUsed, 512 * 1024)
+        // Grants are at half the grown base: fewer than one per 32 messages of the default window.
+        assert.isBelow(stats.grantsSent, Math.ceil(3_000 / 32))
+      }))
+
+    it.live("a window at its maximum does not grow", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* connect(
+          { maxWindowMessages: 64, maxWindowBytes: 256 * 1024 },
+          { faults: { latency: "2 millis" } }
+        )
+        const payload = new Uint8Array(1024)
+        const sender = yield* Effect.forkChild(
+          Effect.forEach(Array.from({ length: 1_000 }), () => client.defaultChannel.send(payload), { discard: true })
+        )
+        yield* take(server.defaultChannel, 1_000).pipe(within("1000 messages over a 2 ms link", 20_000))
+        yield* Fiber.join(sender).pipe(within("sender done"))
+        const stats = yield* server.stats
+        assert.strictEqual(stats.windowGrowths, 0)
+        assert.strictEqual(stats.budgetUsed, 256 * 1024)
+      }))
+
     it.live("a message larger than the base window fails with MessageTooLarge and sends nothing", () =>
       Effect.gen(function*() {
         const { client } = yield* connect({ windowBytes: 1024 })

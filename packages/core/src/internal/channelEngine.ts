@@ -26,15 +26,19 @@ import {
   ChannelError,
   ChannelIdsExhausted,
   Code,
+  DecryptFailed,
   FlowControlViolation,
   GoneAway,
+  InvalidMessage,
   LimitExceeded,
   MessageTooLarge,
   ProtocolViolation,
   RequestFailed,
   TransportClosed
 } from "../ChannelError.ts"
+import { ChannelCipher, DEFAULT_SEAL_LIMITS, randomNonce, type SealLimits } from "./channelCrypto.ts"
 import * as F from "./channelFrames.ts"
+import { type Answer, cloneFilter, cloneParams, fanoutOf, type FanoutHooks, refusalOf } from "./channelFanout.ts"
 
 type Waker = () => void
 
@@ -43,8 +47,15 @@ export interface EngineConfig {
   readonly side: F.Side
   /** The negotiated per-channel extensions, by handshake name. */
   readonly extensions: ReadonlySet<string>
+  /** The key a key id names, for encrypted channels (spec: Encryption). */
+  readonly keys?: ((keyId: number) => Uint8Array | undefined) | undefined
+  /** What one channel key may seal per direction; the spec's limits unless set. */
+  readonly sealLimits?: SealLimits | undefined
   readonly windowMessages: number
   readonly windowBytes: number
+  /** How far a busy channel's receive window may grow (see `growWindow`). */
+  readonly maxWindowMessages: number
+  readonly maxWindowBytes: number
   readonly maxChannels: number
   readonly acceptBacklog: number
   readonly maxPeerRequests: number
@@ -63,6 +74,8 @@ export interface EngineHooks {
   /** The connection failed (an error) or ended gracefully (undefined). */
   readonly onEnd: (error: ChannelError | undefined) => void
   readonly now: () => number
+  /** Decides the peer's fanout requests; without it they are refused. */
+  readonly fanout?: FanoutHooks<ChannelState> | undefined
 }
 
 /** Counters exposed for tests, budgets and dashboards. */
@@ -91,6 +104,8 @@ export interface EngineStats {
   /** WINDOW messages sent and the grants they carried. */
   windowsSent: number
   grantsSent: number
+  /** Grants that grew a busy channel's receive window. */
+  windowGrowths: number
   refusedCreates: number
   windowViolations: number
   /** Data messages dropped: refused or aborting channels. */
@@ -149,6 +164,8 @@ export class ChannelState {
   consumedMessages = 0
   consumedBytes = 0
   grantQueued = false
+  /** A message arrived that left the peer without credit for another like it. */
+  starved = false
   readWaker: Waker | undefined = undefined
   // send side
   send: Array<Uint8Array> | undefined = undefined
@@ -164,6 +181,15 @@ export class ChannelState {
   /** Our MIGRATE in flight: the old id stays the inbound id until its ACK. */
   migrating: { readonly oldId: number; readonly newId: number } | undefined = undefined
   stateWakers: Array<Waker> | undefined = undefined
+  /** The encryption state, if the channel is encrypted (see channelCrypto.ts). */
+  cipher: ChannelCipher | undefined = undefined
+  // fanout (see channelFanout.ts)
+  /** The channel's link, if it has one (either side linked it). */
+  link: F.FanoutParams | undefined = undefined
+  /** A fanout request on it is being decided or answered. */
+  linkBusy = false
+  /** Payload bytes of `send` not yet moved to `out` (waiting for credit). */
+  sendQueuedBytes = 0
 
   constructor(id: number, outbound: boolean, config: EngineConfig) {
     this.id = id
@@ -216,6 +242,12 @@ export class Engine {
   private readonly pongs = new Map<number, () => void>()
   private out: Array<Uint8Array> = []
   private urgent: Array<Uint8Array> = []
+  /**
+   * Messages of encrypted channels queued in `out` whose sealed bytes are
+   * still being computed, in `out` order: the writer takes `out` only up to
+   * the first of them.
+   */
+  private readonly sealing: Array<Uint8Array> = []
   private readonly grants: Array<ChannelState> = []
   private readonly wakes: Array<Waker> = []
   private flushing = false
@@ -242,6 +274,7 @@ export class Engine {
     messagesOut: 0,
     windowsSent: 0,
     grantsSent: 0,
+    windowGrowths: 0,
     refusedCreates: 0,
     windowViolations: 0,
     discardedMessages: 0,
@@ -374,6 +407,7 @@ export class Engine {
   private dropQueued(ch: ChannelState): void {
     ch.send = undefined
     ch.sendHead = 0
+    ch.sendQueuedBytes = 0
   }
 
   // -------------------------------------------------------------------------
@@ -528,6 +562,8 @@ export class Engine {
     const group = ch.group
     if (group === undefined) {
       if (ch.recvMsgWindow < 1 || ch.recvByteWindow < size) return this.windowViolation(ch, size)
+      // Its AAD names the id it travelled on, which a MIGRATE may change before it is opened.
+      if (ch.cipher !== undefined) ch.cipher.arrived(ch.id)
       this.deliver(ch, payload)
       return
     }
@@ -540,6 +576,8 @@ export class Engine {
   private deliver(ch: ChannelState, payload: Uint8Array): void {
     ch.recvMsgWindow--
     ch.recvByteWindow -= payload.length
+    // Every grant sent is already counted here, so the peer is blocked now.
+    if (ch.recvMsgWindow === 0 || ch.recvByteWindow < payload.length) ch.starved = true
     if (ch.recv === undefined) ch.recv = [payload]
     else ch.recv.push(payload)
     ch.recvBytes += payload.length
@@ -600,8 +638,7 @@ export class Engine {
       case "Unlink":
       case "Filter":
         if (this.countPeerRequest()) return
-        // Fanout lives at gateways, not in the core engine.
-        return this.sendError(message.requestId, Code.EXTENSION_NOT_NEGOTIATED, "fanout is not available here")
+        return this.onFanout(message)
       case "Ping":
         return this.onPing(message.requestId)
       case "Window":
@@ -646,9 +683,27 @@ export class Engine {
       this.flood("refused creates")
     }
     if (this.goingAway || this.peerGoneAway) return refuse(Code.GOING_AWAY, "going away")
+    let cipher: ChannelCipher | undefined
     for (const extension of m.extensions) {
       const name = extension._tag === "Fanout" ? "fanout" : "encryption"
       if (!this.config.extensions.has(name)) return refuse(Code.EXTENSION_NOT_NEGOTIATED, `${name} was not negotiated`)
+      // The application's fanout handler decides on the channel (linkCreated).
+      if (extension._tag === "Fanout" && this.hooks.fanout !== undefined) continue
+      if (extension._tag === "Encryption") {
+        if (m.extensions.length > 1) return refuse(Code.BAD_EXTENSION_PARAMS, "encryption with fanout on one channel")
+        const material = this.config.keys?.(extension.keyId)
+        if (material === undefined) return refuse(Code.UNKNOWN_KEY, `no key ${extension.keyId}`)
+        cipher = new ChannelCipher({
+          suite: extension.suite,
+          keyId: extension.keyId,
+          material,
+          side: this.config.side,
+          creatorNonce: extension.nonce,
+          acceptorNonce: randomNonce(),
+          limits: this.config.sealLimits ?? DEFAULT_SEAL_LIMITS
+        })
+        continue
+      }
       return refuse(Code.BAD_EXTENSION_PARAMS, `${name} is not available on this connection`)
     }
     if (this.stats.peerChannels >= this.config.maxChannels) return refuse(Code.CHANNEL_LIMIT, "too many channels")
@@ -667,11 +722,133 @@ export class Engine {
     ch.createRequestId = m.requestId
     ch.sendMsgWindow = sendMessages
     ch.sendByteWindow = ch.baseSendBytes = sendBytes
+    ch.cipher = cipher
     this.live(ch)
+    const fanout = fanoutOf(m.extensions)
+    if (fanout !== undefined) {
+      this.stats.peerPendingRequests++
+      return this.linkCreated(ch, fanout)
+    }
     this.backlog.push(ch)
     this.stats.backlog++
     this.stats.peerPendingRequests++
     if (this.acceptWakers.length > 0) this.wakes.push(this.acceptWakers.shift()!)
+  }
+
+  // -------------------------------------------------------------------------
+  // Fanout: the peer's requests, answered for the application's handler
+  // -------------------------------------------------------------------------
+
+  /** A CREATE with fanout: accepted (CREATE_ACK with the fanout TLV) or refused as the handler answers. */
+  private linkCreated(ch: ChannelState, params: F.FanoutParams): void {
+    ch.link = cloneParams(params)
+    ch.linkBusy = true
+    let answered = false
+    this.hooks.fanout!.link(ch, ch.link, true, (refusal) => {
+      if (answered) return
+      answered = true
+      ch.linkBusy = false
+      // Destroyed while being decided, or the connection ended: already answered.
+      if (ch.phase !== "accepting" || this.failure !== undefined || this.ended) return
+      if (refusal !== undefined) {
+        ch.link = undefined
+        this.refuseAccepting(ch, refusal.code, refusal.detail)
+        this.flood("refused creates")
+        return
+      }
+      this.stats.peerPendingRequests--
+      ch.phase = "open"
+      this.queueControl({
+        _tag: "CreateAck",
+        requestId: ch.createRequestId,
+        channelId: ch.sendId,
+        extraMessages: 0,
+        extraBytes: 0,
+        extensions: [{ _tag: "Fanout" }]
+      })
+      this.maybeGrant(ch)
+      this.pump(ch)
+      this.wakeChannel(ch)
+    })
+  }
+
+  private onFanout(m: F.Link | F.Unlink | F.Filter): void {
+    const ch = this.channels.get(m.channelId)
+    const hooks = this.hooks.fanout
+    const refusal = refusalOf(m, ch, this.config.extensions.has("fanout"), hooks !== undefined)
+    if (refusal !== undefined || ch === undefined || hooks === undefined) {
+      this.sendError(m.requestId, refusal?.code ?? Code.UNKNOWN_FLOW, refusal?.detail ?? "this side serves no flows")
+      this.flood("refused fanout requests")
+      return
+    }
+    ch.linkBusy = true
+    this.stats.peerPendingRequests++
+    let answered = false
+    const answer: Answer = (refused) => {
+      if (answered) return
+      answered = true
+      ch.linkBusy = false
+      this.stats.peerPendingRequests--
+      if (this.failure !== undefined || this.ended) return
+      if (refused !== undefined) {
+        this.sendError(m.requestId, refused.code, refused.detail)
+        this.flood("refused fanout requests")
+        return
+      }
+      switch (m._tag) {
+        case "Link":
+          ch.link = link
+          return void this.queueControl({ _tag: "LinkAck", requestId: m.requestId, channelId: ch.sendId })
+        case "Unlink":
+          ch.link = undefined
+          return void this.queueControl({ _tag: "UnlinkAck", requestId: m.requestId, channelId: ch.sendId })
+        case "Filter":
+          if (ch.link !== undefined) ch.link = { ...ch.link, filter }
+          return void this.queueControl({ _tag: "FilterAck", requestId: m.requestId, channelId: ch.sendId })
+      }
+    }
+    const link = m._tag === "Link" ? cloneParams(m.fanout) : undefined
+    const filter = m._tag === "Filter" ? cloneFilter(m.filter) : { _tag: "All" as const }
+    if (m._tag === "Link") hooks.link(ch, link!, false, answer)
+    else if (m._tag === "Unlink") hooks.unlink(ch, answer)
+    else hooks.filter(ch, filter, answer)
+  }
+
+  /**
+   * Our LINK, UNLINK or FILTER on a channel (`params` for LINK, `filter`
+   * for FILTER). `done` gets the answer; the channel's link follows it.
+   */
+  fanoutRequest(
+    ch: ChannelState,
+    request:
+      | { readonly _tag: "Link"; readonly params: F.FanoutParams }
+      | { readonly _tag: "Unlink" }
+      | { readonly _tag: "Filter"; readonly filter: F.ConsumerFilter },
+    done: (error: ChannelError | undefined) => void
+  ): ChannelError | undefined {
+    const blocker = this.failure ?? ch.failure
+    if (blocker !== undefined) return blocker
+    const type = request._tag === "Link" ? F.TYPE_LINK : request._tag === "Unlink" ? F.TYPE_UNLINK : F.TYPE_FILTER
+    if (!this.config.extensions.has("fanout")) {
+      return requestFailedLocal(type, Code.EXTENSION_NOT_NEGOTIATED, "fanout was not negotiated")
+    }
+    if (ch.phase !== "open" || ch.localEnding || ch.gotPeerDestroy) {
+      return requestFailedLocal(type, Code.UNKNOWN_CHANNEL, `channel ${ch.sendId} is not open`)
+    }
+    const pending = this.request(type, ch, undefined, (requestId): F.OutgoingControl =>
+      request._tag === "Link"
+        ? { _tag: "Link", requestId, channelId: ch.sendId, fanout: request.params }
+        : request._tag === "Unlink"
+        ? { _tag: "Unlink", requestId, channelId: ch.sendId }
+        : { _tag: "Filter", requestId, channelId: ch.sendId, filter: request.filter }, (reply) => {
+      if (reply instanceof ChannelError) return done(reply)
+      if (reply._tag === "Error") return done(requestFailedLocal(type, reply.code, reply.detail))
+      if (request._tag === "Link") ch.link = cloneParams(request.params)
+      else if (request._tag === "Unlink") ch.link = undefined
+      else if (ch.link !== undefined) ch.link = { ...ch.link, filter: cloneFilter(request.filter) }
+      done(undefined)
+    })
+    return pending === undefined ? this.failure : undefined
   }
 
   /** Refuses a channel still in the backlog (its CREATE gets ERROR); its later data is discarded. */
@@ -793,6 +970,10 @@ export class Engine {
   }
 
   mergeRefusal(target: ChannelState, members: ReadonlyArray<ChannelState>): { code: number; detail: string } | undefined {
+    // Each encrypted channel has a key of its own: none of them can take part in a group.
+    if (target.cipher !== undefined || members.some((m) => m.cipher !== undefined)) {
+      return { code: Code.INCOMPATIBLE_CHANNELS, detail: "encrypted channels cannot be merged" }
+    }
     let size = target.group === undefined ? 1 : target.group.members.size
     for (const member of members) {
       if (member === target) return { code: Code.PROTOCOL_ERROR, detail: "the target is also a member" }
@@ -920,9 +1101,20 @@ export class Engine {
       case "CreateAck": {
         const ch = pending.channel!
         if (m.channelId !== ch.sendId) return this.protocolError(`CREATE_ACK for channel ${m.channelId}, not ${ch.sendId}`)
-        if (m.extensions.length !== 0) return this.protocolError("CREATE_ACK with extensions that were not asked for")
+        const fanoutAcked = m.extensions.some((e) => e._tag === "Fanout")
+        const encryptionAcked = m.extensions.find((e) => e._tag === "Encryption")
+        if (
+          m.extensions.length !== (fanoutAcked ? 1 : 0) + (encryptionAcked === undefined ? 0 : 1) ||
+          fanoutAcked !== (ch.link !== undefined) || (encryptionAcked !== undefined) !== (ch.cipher !== undefined)
+        ) {
+          return this.protocolError("CREATE_ACK whose extensions are not those asked for")
+        }
         if (ch.phase === "opening") {
           ch.phase = "open"
+          if (ch.cipher !== undefined && encryptionAcked !== undefined) {
+            ch.cipher.acceptorNonce = new Uint8Array(encryptionAcked.nonce)
+            this.deriveKey(ch)
+          }
           ch.sendMsgWindow += m.extraMessages
           ch.sendByteWindow += m.extraBytes
           ch.baseSendBytes += m.extraBytes
@@ -1033,11 +1225,46 @@ export class Engine {
    * none); the channel is in `opening` until then.
    */
   open(
-    options: { readonly label: string; readonly extraMessages: number; readonly extraBytes: number },
+    options: {
+      readonly label: string
+      readonly extraMessages: number
+      readonly extraBytes: number
+      readonly fanout?: F.FanoutParams | undefined
+      readonly encryption?: { readonly suite: number; readonly keyId: number } | undefined
+    },
     done: (error: ChannelError | undefined) => void
   ): { channel: ChannelState; abandon: () => void } | ChannelError {
     const blocker = this.openBlocker()
     if (blocker !== undefined) return blocker
+    if (options.fanout !== undefined && !this.config.extensions.has("fanout")) {
+      return requestFailedLocal(F.TYPE_CREATE, Code.EXTENSION_NOT_NEGOTIATED, "fanout was not negotiated")
+    }
+    let cipher: ChannelCipher | undefined
+    const encryption = options.encryption
+    if (encryption !== undefined) {
+      if (!this.config.extensions.has("encryption")) {
+        return requestFailedLocal(F.TYPE_CREATE, Code.EXTENSION_NOT_NEGOTIATED, "encryption was not negotiated")
+      }
+      if (options.fanout !== undefined) {
+        return requestFailedLocal(F.TYPE_CREATE, Code.BAD_EXTENSION_PARAMS, "encryption with fanout on one channel")
+      }
+      if (!Number.isInteger(encryption.keyId) || encryption.keyId < 0 || encryption.keyId > 0xffffffff) {
+        return new ChannelError({ reason: new InvalidMessage({ detail: `key id ${encryption.keyId} is not a u32` }) })
+      }
+      const material = this.config.keys?.(encryption.keyId)
+      if (material === undefined) {
+        return requestFailedLocal(F.TYPE_CREATE, Code.UNKNOWN_KEY, `no local key ${encryption.keyId}`)
+      }
+      cipher = new ChannelCipher({
+        suite: encryption.suite,
+        keyId: encryption.keyId,
+        material,
+        side: this.config.side,
+        creatorNonce: randomNonce(),
+        acceptorNonce: undefined,
+        limits: this.config.sealLimits ?? DEFAULT_SEAL_LIMITS
+      })
+    }
     const id = this.allocateId()
     if (id === undefined) return new ChannelError({ reason: new ChannelIdsExhausted({ side: this.config.side }) })
     const ch = new ChannelState(id, true, this.config)
@@ -1045,7 +1272,10 @@ export class Engine {
     ch.label = options.label
     ch.recvMsgWindow = ch.baseRecvMessages = this.config.windowMessages + options.extraMessages
     ch.recvByteWindow = ch.baseRecvBytes = this.config.windowBytes + options.extraBytes
+    if (options.fanout !== undefined) ch.link = cloneParams(options.fanout)
+    ch.cipher = cipher
     this.live(ch)
+    const fanout = ch.link
     const pending = this.request(F.TYPE_CREATE, ch, undefined, (requestId) => ({
       _tag: "Create",
       requestId,
@@ -1053,7 +1283,11 @@ export class Engine {
       extraMessages: options.extraMessages,
       extraBytes: options.extraBytes,
       label: options.label,
-      extensions: []
+      extensions: fanout !== undefined
+        ? [{ _tag: "Fanout", ...fanout }]
+        : cipher !== undefined
+        ? [{ _tag: "Encryption", suite: cipher.suite, keyId: cipher.keyId, nonce: cipher.creatorNonce }]
+        : []
     }), (reply) => {
       if (reply instanceof ChannelError) return done(reply)
       if (reply._tag === "Error") return done(ch.failure)
@@ -1078,10 +1312,64 @@ export class Engine {
     this.stats.backlog--
     this.stats.peerPendingRequests--
     ch.phase = "open"
-    this.queueControl({ _tag: "CreateAck", requestId: ch.createRequestId, channelId: ch.sendId, extraMessages: 0, extraBytes: 0, extensions: [] })
+    const cipher = ch.cipher
+    this.queueControl({
+      _tag: "CreateAck",
+      requestId: ch.createRequestId,
+      channelId: ch.sendId,
+      extraMessages: 0,
+      extraBytes: 0,
+      extensions: cipher === undefined ? [] : [{ _tag: "Encryption", nonce: cipher.acceptorNonce! }]
+    })
+    if (cipher !== undefined) this.deriveKey(ch)
     // Early data may have used up half the window already.
     this.maybeGrant(ch)
     return ch
+  }
+
+  // -------------------------------------------------------------------------
+  // Encryption (see channelCrypto.ts)
+  // -------------------------------------------------------------------------
+
+  /** Derives the channel key (both nonces known); its queued messages go out once it is there. */
+  private deriveKey(ch: ChannelState): void {
+    ch.cipher!.derive().then((failure) => {
+      if (failure !== undefined) {
+        // WebCrypto refused the key material: the channel cannot carry anything.
+        if (ch.phase !== "closed") this.abortWith(ch, Code.INTERNAL_ERROR, "channel key derivation failed", undefined)
+      } else {
+        this.pump(ch)
+      }
+      this.flushWakes()
+    })
+  }
+
+  /** A sealed message's bytes are in place: the writer may take `out` further. */
+  private sealed(message: Uint8Array, failure: unknown): void {
+    if (failure !== undefined) {
+      // Our own sealing failed: a message is missing from the channel's sequence for good.
+      const error = new ChannelError({ reason: new TransportClosed({ detail: "sealing a message failed", cause: failure }) })
+      this.fail(error, Code.INTERNAL_ERROR)
+      this.flushWakes()
+      return
+    }
+    const sealing = this.sealing
+    if (sealing[0] === message) {
+      sealing.shift()
+      this.hooks.wakeWriter()
+    } else {
+      const i = sealing.indexOf(message)
+      if (i >= 0) sealing.splice(i, 1)
+    }
+  }
+
+  /** A message of an encrypted channel did not open: that channel alone is aborted with DECRYPT_FAILED. */
+  decryptFailed(ch: ChannelState, counter: number): void {
+    if (ch.phase === "closed" || ch.failure !== undefined) return
+    this.abortWith(ch, Code.DECRYPT_FAILED, "", new ChannelError({
+      reason: new DecryptFailed({ counter }),
+      channelId: ch.sendId
+    }))
   }
 
   // -------------------------------------------------------------------------
@@ -1143,12 +1431,23 @@ export class Engine {
 
   /** Queues messages on a channel and sends what its credit allows. */
   enqueue(ch: ChannelState, messages: ReadonlyArray<Uint8Array>): ChannelError | undefined {
+    const cipher = ch.cipher
+    const overhead = cipher === undefined ? 0 : F.TAG_SIZE
     for (let i = 0; i < messages.length; i++) {
-      const error = this.sendBlocker(ch, messages[i].length)
+      const error = this.sendBlocker(ch, messages[i].length + overhead)
       if (error !== undefined) return error
+    }
+    if (cipher !== undefined && !cipher.admit(messages)) {
+      // What was admitted still goes out, then DESTROY KEY_EXHAUSTED (spec: Encryption, Limits).
+      this.close(ch, Code.KEY_EXHAUSTED, "channel key exhausted")
+      return new ChannelError({
+        reason: new ChannelClosed({ code: Code.KEY_EXHAUSTED, reason: "channel key exhausted", byPeer: false, aborted: false }),
+        channelId: ch.sendId
+      })
     }
     if (ch.send === undefined) ch.send = messages.slice()
     else for (let i = 0; i < messages.length; i++) ch.send.push(messages[i])
+    for (let i = 0; i < messages.length; i++) ch.sendQueuedBytes += messages[i].length
     this.pump(ch)
     return undefined
   }
@@ -1157,20 +1456,25 @@ export class Engine {
   pump(ch: ChannelState): void {
     if (this.failure !== undefined || ch.phase === "closed" || ch.phase === "accepting") return
     const queue = ch.send
-    if (queue !== undefined && ch.paused === 0) {
+    const cipher = ch.cipher
+    // An encrypted channel sends nothing before its key exists: no early data (spec: Encryption).
+    if (queue !== undefined && ch.paused === 0 && (cipher === undefined || cipher.key !== undefined)) {
       const group = ch.group
+      const overhead = cipher === undefined ? 0 : F.TAG_SIZE
       let moved = false
       while (ch.sendHead < queue.length) {
         const payload = queue[ch.sendHead]
         const size = payload.length
+        // Credit counts the payload as on the wire: a sealed one carries its tag.
+        const wire = size + overhead
         if (group === undefined) {
-          if (ch.sendMsgWindow < 1 || ch.sendByteWindow < size) break
+          if (ch.sendMsgWindow < 1 || ch.sendByteWindow < wire) break
           ch.sendMsgWindow--
-          ch.sendByteWindow -= size
+          ch.sendByteWindow -= wire
         } else {
           let fits = true
           for (const m of group.members) {
-            if (m.sendMsgWindow < 1 || m.sendByteWindow < size || m.paused > 0) {
+            if (m.sendMsgWindow < 1 || m.sendByteWindow < wire || m.paused > 0) {
               fits = false
               break
             }
@@ -1178,11 +1482,22 @@ export class Engine {
           if (!fits) break
           for (const m of group.members) {
             m.sendMsgWindow--
-            m.sendByteWindow -= size
+            m.sendByteWindow -= wire
           }
         }
         queue[ch.sendHead++] = EMPTY
-        const message = F.encodeData(ch.sendId, payload)
+        ch.sendQueuedBytes -= size
+        let message: Uint8Array
+        if (cipher === undefined) {
+          message = F.encodeData(ch.sendId, payload)
+        } else {
+          // Sealed here, in wire order, under the id it travels on; the writer waits for the bytes.
+          message = new Uint8Array(F.HEADER_SIZE + wire)
+          F.writeHeader(message, 0, ch.sendId)
+          this.sealing.push(message)
+          const sealedMessage = message
+          cipher.seal(ch.sendId, payload, message, (failure) => this.sealed(sealedMessage, failure))
+        }
         this.out.push(message)
         this.stats.queuedBytes += message.length
         moved = true
@@ -1436,7 +1751,8 @@ export class Engine {
   // -------------------------------------------------------------------------
 
   get hasWork(): boolean {
-    return this.urgent.length > 0 || this.out.length > 0 || this.grants.length > 0
+    return this.urgent.length > 0 || this.grants.length > 0 ||
+      (this.out.length > 0 && (this.sealing.length === 0 || this.out[0] !== this.sealing[0]))
   }
 
   /** Whether senders should wait for the writer. */
@@ -1447,18 +1763,35 @@ export class Engine {
   /** The next batch for the transport: PONG and GOAWAY, then data and markers in order, then WINDOW. */
   takeBatch(): Array<Uint8Array> | undefined {
     if (this.grants.length > 0 && this.failure === undefined) this.buildWindows()
+    const ready = this.out
+    let held: Array<Uint8Array> | undefined
+    if (this.sealing.length > 0) {
+      // Everything from the first message still being sealed on waits, in order.
+      const at = ready.indexOf(this.sealing[0])
+      if (at >= 0) {
+        held = ready.slice(at)
+        ready.length = at
+      }
+    }
     let batch: Array<Uint8Array>
     if (this.urgent.length === 0) {
-      batch = this.out
+      batch = ready
     } else {
       batch = this.urgent
-      for (let i = 0; i < this.out.length; i++) batch.push(this.out[i])
-      this.out.length = 0
+      for (let i = 0; i < ready.length; i++) batch.push(ready[i])
     }
-    this.out = []
+    this.out = held ?? []
     this.urgent = []
-    this.stats.queuedBytes = 0
-    this.stats.controlQueued = 0
+    let heldBytes = 0
+    let heldControl = 0
+    if (held !== undefined) {
+      for (let i = 0; i < held.length; i++) {
+        heldBytes += held[i].length
+        if (F.channelIdOf(held[i]) === F.CONTROL_CHANNEL) heldControl++
+      }
+    }
+    this.stats.queuedBytes = heldBytes
+    this.stats.controlQueued = heldControl
     this.stats.messagesOut += batch.length
     this.wakeAll(this.outWakers)
     return batch.length === 0 ? undefined : batch
@@ -1470,11 +1803,18 @@ export class Engine {
       const ch = this.grants[i]
       ch.grantQueued = false
       if (ch.phase !== "open" || ch.remoteEnded || ch.aborting || ch.failure !== undefined) continue
-      const messages = ch.consumedMessages
-      const bytes = ch.consumedBytes
+      let messages = ch.consumedMessages
+      let bytes = ch.consumedBytes
       if (messages === 0 && bytes === 0) continue
       ch.consumedMessages = 0
       ch.consumedBytes = 0
+      if (this.windowStarved(ch, messages, bytes)) {
+        const grownMessages = this.growWindow(ch, "messages")
+        const grownBytes = this.growWindow(ch, "bytes")
+        messages += grownMessages
+        bytes += grownBytes
+        if (grownMessages + grownBytes > 0) this.stats.windowGrowths++
+      }
       ch.recvMsgWindow += messages
       ch.recvByteWindow += bytes
       grants.push({ channelId: ch.sendId, messages, bytes })
@@ -1485,6 +1825,47 @@ export class Engine {
     }
     this.grants.length = 0
     if (grants.length > 0) this.pushWindow(grants)
+  }
+
+  /**
+   * Whether the window, not the consumer, limits this channel: since the
+   * last grant the peer ran out of credit, or a whole window was consumed
+   * before the grant could leave, while the consumer keeps up (little
+   * buffered). A stalled consumer never gets here (no grant without
+   * consumption), and one that falls behind keeps messages buffered, so
+   * neither grows; one that drains its whole buffer at long intervals may
+   * grow, up to the maximum.
+   */
+  private windowStarved(ch: ChannelState, messages: number, bytes: number): boolean {
+    const starved = ch.starved || messages >= ch.baseRecvMessages || bytes >= ch.baseRecvBytes
+    ch.starved = false
+    return starved && ch.recvMessages * 2 <= ch.baseRecvMessages && ch.recvBytes * 2 <= ch.baseRecvBytes
+  }
+
+  /**
+   * Doubles one dimension of a channel's receive window, up to its maximum
+   * and within half the receive budget (the rest stays for new channels),
+   * and answers the credit added. The spec lets a grant exceed what was
+   * consumed; the base grows with it, so grants stay at half the base.
+   */
+  private growWindow(ch: ChannelState, dimension: "messages" | "bytes"): number {
+    if (dimension === "messages") {
+      const extra = Math.min(ch.baseRecvMessages, this.config.maxWindowMessages - ch.baseRecvMessages)
+      if (extra <= 0) return 0
+      ch.baseRecvMessages += extra
+      ch.recvMsgWindow += extra
+      return extra
+    }
+    const extra = Math.min(
+      ch.baseRecvBytes,
+      this.config.maxWindowBytes - ch.baseRecvBytes,
+      Math.floor(this.config.receiveBudget / 2) - this.stats.budgetUsed
+    )
+    if (extra <= 0) return 0
+    ch.baseRecvBytes += extra
+    ch.recvByteWindow += extra
+    this.stats.budgetUsed += extra
+    return extra
   }
 
   private pushWindow(grants: ReadonlyArray<F.WindowGrant>): void {
@@ -1505,7 +1886,8 @@ export class Engine {
 
   /** Whether the writer is finished: ended, failed or stopping, with nothing left. */
   get writerDone(): boolean {
-    return (this.ended || this.failure !== undefined || this.stopping) && !this.hasWork
+    return (this.ended || this.failure !== undefined || this.stopping) && !this.hasWork &&
+      (this.failure !== undefined || this.sealing.length === 0)
   }
 }
 
