@@ -13,6 +13,11 @@
  * connections; concurrent senders, received messages shared by message
  * sockets (one switched off hands its share on), a batch, a peer dropping
  * mid-message reported as a Detached event, and the stats snapshot.
+ *
+ * Part 4, fanout (examples/gateway): a content service publishes a feed at
+ * a gateway; 50 WebSocket clients of an edge gateway subscribe to it, and
+ * the feed crosses the gateway↔edge WebSocket once. Prints the feed,
+ * long-haul and delivered byte counts.
  */
 import { Delineation, MessageTransport, MuxStream, Session } from "@plexus/core"
 import { Kcm } from "@plexus/kcm"
@@ -24,6 +29,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Socket from "effect/socket/Socket"
 import * as Stream from "effect/Stream"
+import { gatewayDemo } from "../gateway/demo.ts"
 
 const text = new TextEncoder()
 const decode = new TextDecoder()
@@ -225,6 +231,8 @@ const program = Effect.gen(function*() {
   yield* Effect.scoped(tcpMessages)
   yield* Effect.scoped(sessionOverTcp)
   yield* Effect.scoped(kcmOverTcp).pipe(Effect.timeout("10 seconds"))
+  yield* Console.log("── 4. fanout: a gateway, an edge and many WebSocket clients ──")
+  yield* Effect.scoped(gatewayDemo({ clients: 50, messages: 200 })).pipe(Effect.timeout("30 seconds"))
   yield* Console.log("showcase done")
 })
 
