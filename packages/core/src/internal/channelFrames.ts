@@ -27,7 +27,7 @@ import {
   ProtocolViolation,
   RequestRejected
 } from "../ChannelError.ts"
-import { readU32, writeU32 } from "./bytes.ts"
+import { allocFrame, readU32, writeU32 } from "./bytes.ts"
 
 // ---------------------------------------------------------------------------
 // Constants
@@ -201,7 +201,8 @@ export const makeHeader = (channelId: number): Uint8Array => {
  * `channelId` comes from this side's own allocation: it is not checked.
  */
 export const encodeData = (channelId: number, payload: Uint8Array): Uint8Array => {
-  const out = new Uint8Array(HEADER_SIZE + payload.length)
+  // Small messages share a slab: one allocation per many messages.
+  const out = allocFrame(HEADER_SIZE + payload.length)
   writeHeader(out, 0, channelId)
   out.set(payload, HEADER_SIZE)
   return out
