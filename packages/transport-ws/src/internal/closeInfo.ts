@@ -1,0 +1,116 @@
+/**
+ * How a channel's end reads as a WebSocket close event: the close code, the
+ * reason and whether the close was clean, from the graceful DESTROY's code
+ * or from the `ChannelError` that ended the channel.
+ *
+ * Channel codes 1000–4999 are WebSocket close codes passed through
+ * (docs/spec/channels.md, "Codes"); the spec's own codes map onto the
+ * nearest WebSocket meaning, and the event keeps the exact one as
+ * `channelCode`.
+ *
+ * @internal
+ */
+import { ChannelError, type Channels } from "@plexus/core"
+
+/** @internal */
+export interface CloseInfo {
+  readonly code: number
+  readonly reason: string
+  readonly wasClean: boolean
+  /** The channel code as sent or received (spec "Codes"), when there was one. */
+  readonly channelCode: number | undefined
+}
+
+const Code = ChannelError.Code
+
+/** The WebSocket close code for a channel code. @internal */
+export const wsCodeOf = (channelCode: number): number => {
+  if (channelCode >= 1000 && channelCode <= 4999) return channelCode
+  switch (channelCode) {
+    case Code.NO_ERROR:
+      return 1000
+    case Code.GOING_AWAY:
+      return 1001
+    case Code.PROTOCOL_ERROR:
+    case Code.INVALID_ID:
+    case Code.FLOW_CONTROL_ERROR:
+      return 1002
+    case Code.DECRYPT_FAILED:
+      return 1007
+    case Code.ENHANCE_YOUR_CALM:
+    case Code.SLOW_CONSUMER:
+      return 1008
+    default:
+      return 1011
+  }
+}
+
+/** The WebSocket limit on a close reason, in UTF-8 bytes. @internal */
+export const MAX_REASON_BYTES = 123
+
+const encoder = new TextEncoder()
+
+/** Cuts `text` to at most `MAX_REASON_BYTES` of UTF-8 on a character boundary. @internal */
+export const clipReason = (text: string): string => {
+  if (encoder.encode(text).length <= MAX_REASON_BYTES) return text
+  let out = ""
+  let bytes = 0
+  for (const ch of text) {
+    const size = encoder.encode(ch).length
+    if (bytes + size > MAX_REASON_BYTES) break
+    out += ch
+    bytes += size
+  }
+  return out
+}
+
+/**
+ * The code and reason of a graceful end: the peer's DESTROY when the peer
+ * closed first, this side's otherwise. The public `Channel` exposes only
+ * failures, so they are read from the channel's record when it has one;
+ * without it the end reads as 1005 (no status), as WebSocket reports a
+ * close frame without a code.
+ *
+ * @internal
+ */
+export const gracefulInfo = (channel: Channels.Channel): CloseInfo => {
+  const state = (channel as { readonly state?: { readonly closeCode?: unknown; readonly closeReason?: unknown } }).state
+  const code = state?.closeCode
+  const reason = state?.closeReason
+  if (typeof code !== "number") return { code: 1005, reason: "", wasClean: true, channelCode: undefined }
+  return {
+    code: wsCodeOf(code),
+    reason: typeof reason === "string" ? reason : "",
+    wasClean: true,
+    channelCode: code
+  }
+}
+
+/** The close event of a channel that ended with `error`. @internal */
+export const failureInfo = (error: ChannelError.ChannelError): CloseInfo => {
+  const reason = error.reason
+  switch (reason._tag) {
+    case "ChannelClosed":
+      return {
+        code: wsCodeOf(reason.code),
+        reason: clipReason(reason.reason !== "" ? reason.reason : ChannelError.codeName(reason.code)),
+        wasClean: !reason.aborted,
+        channelCode: reason.code
+      }
+    case "TransportClosed":
+      return { code: 1006, reason: clipReason(reason.message), wasClean: false, channelCode: undefined }
+    case "GoneAway":
+      return { code: 1001, reason: clipReason(reason.message), wasClean: false, channelCode: reason.code }
+    case "MessageTooLarge":
+      return { code: 1009, reason: clipReason(reason.message), wasClean: false, channelCode: reason.code }
+    default: {
+      const channelCode = "code" in reason && typeof reason.code === "number" ? reason.code : undefined
+      return {
+        code: channelCode === undefined ? 1011 : wsCodeOf(channelCode),
+        reason: clipReason(reason.message),
+        wasClean: false,
+        channelCode
+      }
+    }
+  }
+}

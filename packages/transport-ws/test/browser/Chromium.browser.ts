@@ -1,0 +1,146 @@
+/**
+ * The channels client in a real browser: Debian's chromium, driven by
+ * playwright-core with the system executable (never a downloaded browser),
+ * loads a page bundled from the browser entry, which connects to our
+ * server over loopback through the secondary handshake (a 401, then
+ * credentials, then 101) and uses channels as WebSockets.
+ *
+ * Run with `npm run test:browser` (outside `npm test`: it needs chromium).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as esbuild from "esbuild"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type * as Net from "node:net"
+import * as Path from "node:path"
+import { chromium } from "playwright-core"
+import { listenChannels } from "../channelServer.ts"
+import type { PageReport } from "./page.ts"
+
+const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium"
+
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-quic"
+]
+
+/**
+ * `@plexus/core`'s entry also exports `MuxStream`, whose Node adapter
+ * imports `node:stream`; a page never calls it, so the bundle gets a
+ * stand-in that throws if it ever is.
+ */
+const nodeStandIns: esbuild.Plugin = {
+  name: "node-stand-ins",
+  setup(build) {
+    build.onResolve({ filter: /^node:stream$/ }, (args) => ({ path: args.path, namespace: "node-stand-in" }))
+    build.onLoad({ filter: /.*/, namespace: "node-stand-in" }, () => ({
+      contents: "export class Duplex { constructor() { throw new Error(\"node:stream is not available in a browser\") } }",
+      loader: "js"
+    }))
+  }
+}
+
+const bundle = Effect.promise(async () => {
+  const result = await esbuild.build({
+    entryPoints: [Path.join(import.meta.dirname, "page.ts")],
+    bundle: true,
+    format: "esm",
+    platform: "browser",
+    target: "es2022",
+    write: false,
+    logLevel: "silent",
+    plugins: [nodeStandIns]
+  })
+  const code = result.outputFiles[0]!.text
+  for (const match of code.matchAll(/from\s*["'](node:[^"']+|ws)["']/g)) throw new Error(`the bundle imports ${match[1]}`)
+  return code
+})
+
+/** Serves the page and its bundle on 127.0.0.1 until the Scope closes. */
+const servePage = (script: string) =>
+  Effect.acquireRelease(
+    Effect.callback<Http.Server>((resume) => {
+      const server = Http.createServer((request, response) => {
+        if (request.url === "/page.js") {
+          response.writeHead(200, { "content-type": "text/javascript" }).end(script)
+        } else if (request.url === "/") {
+          response.writeHead(200, { "content-type": "text/html" })
+            .end("<!doctype html><meta charset=\"utf-8\"><title>plexus channels</title><link rel=\"icon\" href=\"data:,\"><script type=\"module\" src=\"/page.js\"></script>")
+        } else {
+          response.writeHead(404).end()
+        }
+      })
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+    }),
+    (server) =>
+      Effect.callback<void>((resume) => {
+        server.close(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map((server) => `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}/`))
+
+const launch = Effect.acquireRelease(
+  Effect.promise(() => chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })),
+  (browser) => Effect.promise(() => browser.close())
+)
+
+describe("channels in chromium", () => {
+  it.live("a page opens channels through a 401 → credentials → 101 handshake and uses them as WebSockets", () =>
+    Effect.gen(function*() {
+      assert.isTrue(Fs.existsSync(CHROMIUM), `no chromium at ${CHROMIUM}`)
+      const script = yield* bundle
+      const { url, authRequests, connections } = yield* listenChannels({
+        token: "letmein",
+        listen: { protocols: ["app.v1"] }
+      })
+      const pageUrl = yield* servePage(script)
+      const browser = yield* launch
+      const page = yield* Effect.promise(() => browser.newPage())
+      const consoleErrors: Array<string> = []
+      page.on("console", (m) => {
+        if (m.type() === "error") consoleErrors.push(m.text())
+      })
+      page.on("pageerror", (e) => consoleErrors.push(String(e)))
+      yield* Effect.promise(() => page.goto(pageUrl))
+      yield* Effect.promise(() => page.waitForFunction(() => typeof (globalThis as { runChannels?: unknown }).runChannels === "function"))
+      const report: PageReport = yield* Effect.promise(() =>
+        page.evaluate(
+          ([wsUrl, token]) =>
+            (globalThis as unknown as { runChannels: (u: string, t: string) => Promise<PageReport> }).runChannels(wsUrl, token),
+          [url, "letmein"] as const
+        )
+      )
+
+      assert.match(report.userAgent, /Chrome/)
+      // The handshake: one 401 round, then the credentials were accepted.
+      assert.deepStrictEqual(authRequests, [undefined, "Bearer letmein"])
+      assert.deepStrictEqual(report.challenges, ["Bearer realm=\"plexus\""])
+      assert.strictEqual(report.protocol, "app.v1")
+      assert.strictEqual(connections[0]!.authorization, "Bearer letmein")
+      // Messages on channel 0, on two channels the page opened, and on one the server opened.
+      assert.strictEqual(report.zeroEcho, "hello on channel 0")
+      assert.strictEqual(report.textEcho, "text on a")
+      assert.deepStrictEqual(report.binaryEcho, [1, 2, 3, 250])
+      assert.isTrue(report.binaryWasBlob, "binaryType blob is the default")
+      assert.strictEqual(report.pushed.label, "news")
+      assert.strictEqual(report.pushed.id % 2, 0)
+      assert.deepStrictEqual(report.pushed.events, ["channel:news", "open", "message:welcome news"])
+      // WebSocket states and the close code, which reached the server as a DESTROY.
+      assert.deepStrictEqual(report.states, [0, 1, 2, 3])
+      assert.deepStrictEqual(report.closeOfA, { code: 4001, reason: "page done", wasClean: true })
+      assert.isTrue(report.connectionClosed)
+      const log = connections[0]!
+      assert.isTrue(log.destroys.some((d) => d.code === 4001 && d.reason === "page done" && !d.abort))
+      assert.deepStrictEqual(
+        log.received.map((r) => `${r.label}:${r.data.length}`),
+        [":18", "echo:9", "binary:4", ":13"]
+      )
+      assert.deepStrictEqual(consoleErrors, [])
+    }))
+})
