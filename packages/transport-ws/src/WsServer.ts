@@ -54,7 +54,7 @@ export interface Stats {
   readonly badRequests: number
   /** Connections dropped because the handshake (opening or secondary) passed its deadline. */
   readonly timedOut: number
-  /** Secondary handshakes that failed (malformed, refused, attempts cap). */
+  /** Secondary handshakes that failed (malformed, refused, attempts cap), or were skipped where required (401 before upgrading). */
   readonly secondaryFailed: number
 }
 

@@ -329,6 +329,14 @@ describe("Channels over a WebSocket: the ws client speaking the wire by hand", (
         "PLEXUS/1 400 Bad Request"
       ])
       assert.strictEqual(connections.length, 0, "no connection reached Channels")
-      yield* stillServing(url.replace(/\/?$/, "/"))
+      // A client that authenticates is still served.
+      yield* Effect.scoped(Effect.gen(function*() {
+        const next = yield* rawPeer(url, [Negotiation.NEGOTIATE_PROTOCOL])
+        next.send("NEGOTIATE * PLEXUS/1\r\nProtocol: app\r\nAuthorization: Bearer t\r\n\r\n")
+        yield* next.waitFor("101", (m) => decode(m).startsWith("PLEXUS/1 101"))
+        next.send(dataMessage(0, "still there?"))
+        const echo = yield* next.waitFor("channel 0 echo", (m) => m[0] === 0 && m[1] === 0)
+        assert.strictEqual(decode(echo.subarray(2)), "still there?")
+      }))
     }))
 })

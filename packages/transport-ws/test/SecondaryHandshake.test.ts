@@ -129,6 +129,45 @@ describe("secondary handshake", () => {
       assert.strictEqual(requests, 3)
     }))
 
+  it.live("a server with an authentication hook refuses, before upgrading, a client that skips the secondary handshake", () =>
+    Effect.gen(function*() {
+      let requests = 0
+      const server = yield* NodeWs.listen({
+        protocols: ["p"],
+        secondary: { authenticate: () => Effect.sync(() => (requests++, { _tag: "Accept" as const })) }
+      })
+      const status = yield* Effect.callback<number>((resume) => {
+        const ws = new WebSocket(server.url, ["p"])
+        ws.on("unexpected-response", (_req, res) => {
+          resume(Effect.succeed(res.statusCode ?? 0))
+          ws.terminate()
+        })
+        ws.on("open", () => resume(Effect.succeed(101)))
+        ws.on("error", () => {})
+        return Effect.sync(() => ws.terminate())
+      }).pipe(within("plain client answered"))
+      assert.strictEqual(status, 401)
+      // Our own client, dialling without the secondary handshake, fails the same way.
+      yield* Effect.flip(Ws.dial({ url: server.url, protocols: ["p"] }))
+      assert.strictEqual(requests, 0)
+      assert.isAtLeast((yield* server.stats).secondaryFailed, 2)
+      // With the handshake, the same server accepts.
+      const client = yield* Ws.dial({ url: server.url, protocols: ["p"], secondary: true })
+      assert.isTrue(client.secondary)
+      assert.strictEqual(requests, 1)
+    }))
+
+  it.live("a server whose secondary handshake is optional still serves a plain client", () =>
+    Effect.gen(function*() {
+      const server = yield* NodeWs.listen({
+        protocols: ["p"],
+        secondary: { required: false, authenticate: () => Effect.succeed({ _tag: "Accept" as const }) }
+      })
+      const client = yield* Ws.dial({ url: server.url, protocols: ["p"] })
+      assert.isFalse(client.secondary)
+      assert.strictEqual(client.protocol, "p")
+    }))
+
   it.live("the attempts cap ends endless retries with 403 and close 1008", () =>
     Effect.gen(function*() {
       const server = yield* NodeWs.listen({

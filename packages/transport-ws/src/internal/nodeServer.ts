@@ -61,7 +61,17 @@ export interface ListenOptions {
   readonly highWaterMark?: number | undefined
   readonly writeHighWaterMark?: number | undefined
   readonly splitSize?: number | undefined
-  readonly secondary?: Omit<SecondaryHandshake.ServerOptions, "protocols" | "channelExtensions" | "requireProtocol"> | boolean | undefined
+  readonly secondary?:
+    | Omit<SecondaryHandshake.ServerOptions, "protocols" | "channelExtensions" | "requireProtocol"> & {
+      /**
+       * Refuse (401, before upgrading) a client that does not select the
+       * negotiation sub-protocol. Default: true when `authenticate` is set,
+       * so the authentication hook cannot be bypassed by skipping it.
+       */
+      readonly required?: boolean | undefined
+    }
+    | boolean
+    | undefined
 }
 
 /** @internal */
@@ -74,6 +84,7 @@ const openError = (cause: unknown) =>
 
 const STATUS_TEXT: Readonly<Record<number, string>> = {
   400: "Bad Request",
+  401: "Unauthorized",
   403: "Forbidden",
   404: "Not Found",
   431: "Request Header Fields Too Large",
@@ -101,6 +112,8 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
         channelExtensions: options.channelExtensions,
         requireProtocol
       }
+    const secondaryRequired = typeof options.secondary === "object" &&
+      (options.secondary.required ?? options.secondary.authenticate !== undefined)
     const allowed = options.allowedOrigins
     const originAllowed = allowed === undefined
       ? () => true
@@ -256,6 +269,10 @@ export const listen = (options: ListenOptions): Effect.Effect<WsServer["Service"
       const offered = protocolHeader === undefined ? [] : parseProtocols(protocolHeader)
       if (offered instanceof InvalidNegotiation) return bad(400, offered.message)
       const negotiate = secondary !== undefined && offered.includes(NEGOTIATE_PROTOCOL)
+      if (!negotiate && secondaryRequired) {
+        counts.secondaryFailed++
+        return reject(401, `authentication required: select the ${NEGOTIATE_PROTOCOL} sub-protocol`)
+      }
       const protocol = negotiate
         ? NEGOTIATE_PROTOCOL
         : options.protocols === undefined
