@@ -1,8 +1,9 @@
 /**
  * A `MuxStream` is one full-duplex byte stream of a `Session`. It is an
  * `effect/socket` `Socket`, so any code written for a Socket (effect/rpc's
- * socket protocol among it) runs over it unchanged, and `toDuplex` adapts it
- * to a Node `Duplex` for Node libraries.
+ * socket protocol among it) runs over it unchanged, and
+ * `NodeDuplex.fromMuxStream` (from `@plexus/core/node`) adapts it to a Node
+ * `Duplex` for Node libraries.
  *
  * It follows plexus's byte transport conventions: releasing the writer's
  * scope half-closes (FIN); the peer's FIN ends the reader with close code
@@ -23,7 +24,6 @@ import * as Effect from "effect/Effect"
 import * as Predicate from "effect/Predicate"
 import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
-import { Duplex } from "node:stream"
 import { CODE_CANCEL, type Engine, type StreamFailure, type StreamState } from "./internal/muxEngine.ts"
 import { type SessionError, SessionEnded, StreamError, StreamRefused, StreamReset } from "./SessionError.ts"
 import * as Transport from "./Transport.ts"
@@ -312,71 +312,4 @@ export class MuxStreamImpl implements MuxStream {
     if (!state.localFin) return this.engine.resetStream(state, CODE_CANCEL)
     this.engine.closeRead(state)
   }
-}
-
-/**
- * Adapts a stream to a Node `Duplex`: writes queue on the stream (the
- * callback waits while its send buffer is full), reads push what arrives,
- * `end()` half-closes, `destroy()` resets.
- *
- * @category conversions
- * @since 0.1.0
- */
-export const toDuplex = (stream: MuxStream): Duplex => {
-  const impl = stream as MuxStreamImpl
-  const state = impl.state
-  const engine = impl.engine
-  let reading = false
-  const duplex: Duplex = new Duplex({
-    allowHalfOpen: true,
-    read() {
-      if (reading) return
-      reading = true
-      pump()
-    },
-    write(chunk: Uint8Array, _encoding, callback) {
-      if (state.failure !== undefined) return callback(impl.typedError())
-      if (state.localFin) return callback(new Error("write side closed"))
-      if (!engine.write(state, chunk)) return callback()
-      const wait = () => {
-        if (state.failure !== undefined) return callback(impl.typedError())
-        if (state.sendBytes < engine.config.sendBufferBytes) return callback()
-        ;(state.writeWakers ??= []).push(wait)
-      }
-      ;(state.writeWakers ??= []).push(wait)
-    },
-    final(callback) {
-      engine.closeWrite(state)
-      callback()
-    },
-    destroy(error, callback) {
-      if (!state.done) engine.resetStream(state, CODE_CANCEL)
-      callback(error)
-    }
-  })
-  const pump = (): void => {
-    for (;;) {
-      const chunks = engine.takeReceived(state)
-      if (chunks !== undefined) {
-        let more = true
-        for (let i = 0; i < chunks.length; i++) more = duplex.push(chunks[i])
-        if (!more) {
-          reading = false
-          return
-        }
-        continue
-      }
-      if (state.failure !== undefined) {
-        duplex.destroy(impl.typedError())
-        return
-      }
-      if (state.remoteFin) {
-        duplex.push(null)
-        return
-      }
-      state.readWaker = pump
-      return
-    }
-  }
-  return duplex
 }

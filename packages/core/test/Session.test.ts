@@ -12,6 +12,7 @@ import * as Stream from "effect/Stream"
 import { TestClock } from "effect/testing"
 import * as Memory from "../src/Memory.ts"
 import * as MuxStream from "../src/MuxStream.ts"
+import * as NodeDuplex from "../src/NodeDuplex.ts"
 import * as Session from "../src/Session.ts"
 import * as Transport from "../src/Transport.ts"
 import { transportSuite } from "./fixtures/TransportSuite.ts"
@@ -392,7 +393,7 @@ describe("MuxStream as a Node Duplex", () => {
         })
       ))
       const stream = yield* client.open()
-      const duplex = MuxStream.toDuplex(stream)
+      const duplex = NodeDuplex.fromMuxStream(stream)
       const payload = Buffer.alloc(1024 * 1024, 7)
       const reply = yield* Effect.promise(() =>
         new Promise<Buffer>((resolve, reject) => {

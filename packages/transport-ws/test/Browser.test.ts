@@ -11,8 +11,9 @@ const specifiers = (file: string): Array<string> => {
 }
 
 describe("browser entry", () => {
-  it("src/browser.ts and everything it imports stay clear of node:, ws and @effect/platform-node", () => {
+  it("src/browser.ts and everything it imports, @plexus/core's main entry included, stay clear of node:, ws and @effect/platform-node", () => {
     const root = Path.resolve(import.meta.dirname, "../src/browser.ts")
+    const coreEntry = Path.resolve(import.meta.dirname, "../../core/src/index.ts")
     const seen = new Set<string>()
     const queue = [root]
     const external = new Set<string>()
@@ -22,10 +23,12 @@ describe("browser entry", () => {
       seen.add(file)
       for (const spec of specifiers(file)) {
         if (spec.startsWith(".")) queue.push(Path.resolve(Path.dirname(file), spec))
+        else if (spec === "@plexus/core") queue.push(coreEntry)
         else external.add(spec)
       }
     }
     assert.isAbove(seen.size, 5)
+    assert.isTrue(seen.has(coreEntry), "the browser entry reaches @plexus/core")
     for (const spec of external) {
       assert.isFalse(
         spec.startsWith("node:") || spec === "ws" || spec.startsWith("@effect/platform-node"),

@@ -31,22 +31,6 @@ const FLAGS = [
   "--disable-quic"
 ]
 
-/**
- * `@plexus/core`'s entry also exports `MuxStream`, whose Node adapter
- * imports `node:stream`; a page never calls it, so the bundle gets a
- * stand-in that throws if it ever is.
- */
-const nodeStandIns: esbuild.Plugin = {
-  name: "node-stand-ins",
-  setup(build) {
-    build.onResolve({ filter: /^node:stream$/ }, (args) => ({ path: args.path, namespace: "node-stand-in" }))
-    build.onLoad({ filter: /.*/, namespace: "node-stand-in" }, () => ({
-      contents: "export class Duplex { constructor() { throw new Error(\"node:stream is not available in a browser\") } }",
-      loader: "js"
-    }))
-  }
-}
-
 const bundle = Effect.promise(async () => {
   const result = await esbuild.build({
     entryPoints: [Path.join(import.meta.dirname, "page.ts")],
@@ -55,8 +39,7 @@ const bundle = Effect.promise(async () => {
     platform: "browser",
     target: "es2022",
     write: false,
-    logLevel: "silent",
-    plugins: [nodeStandIns]
+    logLevel: "silent"
   })
   const code = result.outputFiles[0]!.text
   for (const match of code.matchAll(/from\s*["'](node:[^"']+|ws)["']/g)) throw new Error(`the bundle imports ${match[1]}`)
