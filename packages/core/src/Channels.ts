@@ -84,7 +84,8 @@ export interface Options {
    * "fanout" is negotiated (refused with BAD_EXTENSION_PARAMS and
    * UNKNOWN_FLOW without one). A CREATE with encryption is accepted when
    * "encryption" is negotiated and `keys` has its key id (UNKNOWN_KEY
-   * otherwise); the accepted channel's `encryption` says so.
+   * otherwise); the accepted channel's `encryption` says so. A CREATE may
+   * ask for both: the handler decides on a channel that is encrypted.
    */
   readonly extensions?: ReadonlyArray<Extension> | undefined
   /** Decides the peer's fanout requests (see `FanoutHandler`; the `Fanout` module provides one). */
@@ -148,7 +149,11 @@ export interface OpenOptions {
   readonly extraMessages?: number | undefined
   /** Credit granted to the peer beyond the default window, in bytes. */
   readonly extraBytes?: number | undefined
-  /** Creates the channel with the fanout extension (needs "fanout" negotiated). */
+  /**
+   * Creates the channel with the fanout extension (needs "fanout"
+   * negotiated); with `encryption` too, the flow arrives sealed under this
+   * channel's own key.
+   */
   readonly fanout?: FanoutParams | undefined
   /**
    * Creates an encrypted channel (needs "encryption" negotiated and the key
@@ -208,21 +213,42 @@ export interface FanoutRefusal {
 }
 
 /**
+ * What an accepted fanout request changes, run in the very step that queues
+ * its acknowledgement, so the change sits exactly at the ACK in the
+ * channel's wire order: a consumer joins its flow there (nothing of the flow
+ * precedes the LINK_ACK or CREATE_ACK), a new filter applies from there
+ * (`Channel.withdrawFlow` takes back what the old one let through and has not
+ * left). `acked` is false when no ACK went out (the channel or connection
+ * ended first). It must not wait, nor run effects on the connection before
+ * it returns (fork them); a commit that throws is ignored.
+ *
+ * @category fanout
+ * @since 0.1.0
+ */
+export type FanoutCommit = (acked: boolean) => void
+
+/**
  * The application's side of the peer's fanout requests. Each effect runs in
  * a fiber of the connection's Scope: success answers the request (CREATE_ACK
- * with the fanout extension, LINK_ACK, UNLINK_ACK, FILTER_ACK), failure
- * answers ERROR with the refusal's code. The engine itself refuses a LINK on
- * a linked channel (ALREADY_LINKED), UNLINK and FILTER on an unlinked one
- * (NOT_LINKED) and requests on channels that are not open. A channel the
- * peer created with fanout (`created`) belongs to the handler from then on.
+ * with the fanout extension, LINK_ACK, UNLINK_ACK, FILTER_ACK) and may hand
+ * back a `FanoutCommit` to run with the ACK; failure answers ERROR with the
+ * refusal's code. The engine itself refuses a LINK on a linked channel
+ * (ALREADY_LINKED), UNLINK and FILTER on an unlinked one (NOT_LINKED) and
+ * requests on channels that are not open. A channel the peer created with
+ * fanout (`created`) belongs to the handler from then on; it may be
+ * encrypted too (`Channel.encryption`), and so may a channel linked by LINK.
  *
  * @category fanout
  * @since 0.1.0
  */
 export interface FanoutHandler {
-  readonly link: (channel: Channel, params: FanoutParams, created: boolean) => Effect.Effect<void, FanoutRefusal>
-  readonly unlink: (channel: Channel) => Effect.Effect<void, FanoutRefusal>
-  readonly filter: (channel: Channel, filter: FanoutFilter) => Effect.Effect<void, FanoutRefusal>
+  readonly link: (
+    channel: Channel,
+    params: FanoutParams,
+    created: boolean
+  ) => Effect.Effect<void | FanoutCommit, FanoutRefusal>
+  readonly unlink: (channel: Channel) => Effect.Effect<void | FanoutCommit, FanoutRefusal>
+  readonly filter: (channel: Channel, filter: FanoutFilter) => Effect.Effect<void | FanoutCommit, FanoutRefusal>
 }
 
 /**
@@ -264,6 +290,17 @@ export interface Channel extends MessageTransport.MessageTransport<ChannelError>
    * consumer by `queuedMessages` and `queuedBytes` instead of waiting).
    */
   readonly offerUnsafe: (message: Uint8Array) => ChannelError | undefined
+  /**
+   * `offerUnsafe` for a message of a fanout flow: until it takes its credit
+   * (and, on an encrypted channel, is sealed) it can still be withdrawn.
+   */
+  readonly offerFlowUnsafe: (message: Uint8Array) => ChannelError | undefined
+  /**
+   * Withdraws the queued flow messages (`offerFlowUnsafe`) that `keep`
+   * rejects, all of them without `keep`; they never leave. Messages sent
+   * with `send` or `offerUnsafe` are never touched. Answers how many went.
+   */
+  readonly withdrawFlow: (keep?: ((payload: Uint8Array) => boolean) | undefined) => number
   /** Messages accepted by `send`/`offerUnsafe` still waiting for credit. */
   readonly queuedMessages: number
   /** Their payload bytes. */
@@ -515,6 +552,14 @@ class ChannelImpl implements Channel {
     return this.run(() => this.engine.enqueue(this.state, [message]))
   }
 
+  offerFlowUnsafe(message: Uint8Array): ChannelError | undefined {
+    return this.run(() => this.engine.enqueue(this.state, [message], true))
+  }
+
+  withdrawFlow(keep?: ((payload: Uint8Array) => boolean) | undefined): number {
+    return this.run(() => this.engine.withdrawFlow(this.state, keep))
+  }
+
   get queuedMessages(): number {
     return this.state.queued
   }
@@ -585,12 +630,18 @@ export const make = <E>(
       }
     })
 
-    /** Runs an engine call, then the wake-ups it queued (never during it). */
+    /**
+     * Runs an engine call, then the wake-ups it queued (never during it): a
+     * call made from inside another (a fanout commit) leaves them to the
+     * outer one.
+     */
+    let depth = 0
     const run = <A>(f: () => A): A => {
+      depth++
       try {
         return f()
       } finally {
-        engine.flushWakes()
+        if (--depth === 0) engine.flushWakes()
       }
     }
     // One wrapper per channel, so that the application can key on it.
@@ -614,7 +665,7 @@ export const make = <E>(
               Effect.onExit((exit) =>
                 Effect.sync(() =>
                   run(() => {
-                    if (Exit.isSuccess(exit)) return answer()
+                    if (Exit.isSuccess(exit)) return answer(undefined, guardCommit(exit.value))
                     const failure = Cause.findErrorOption(exit.cause)
                     answer(
                       failure._tag === "Some"
@@ -850,6 +901,16 @@ export const make = <E>(
     }
     return channels
   })
+
+/** A handler's commit, made unable to throw into the engine. */
+const guardCommit = (commit: void | FanoutCommit): ((acked: boolean) => void) | undefined =>
+  typeof commit !== "function" ? undefined : (acked) => {
+    try {
+      commit(acked)
+    } catch {
+      // The application's own failure; the ACK is already queued.
+    }
+  }
 
 /** ERROR details are at most 256 bytes of UTF-8 (spec: ERROR); cut on a character boundary. */
 const truncateDetail = (detail: string): string => {

@@ -18,6 +18,15 @@
  * aborted with SLOW_CONSUMER while the flow goes on for everyone else. The
  * node's fibers and upstream channels live in the Scope it was made in.
  *
+ * Encryption is hop by hop: a consumer channel may be encrypted (created
+ * with both extensions, or an encrypted channel linked by LINK) and seals
+ * the flow under its own key; the upstream channel is encrypted when
+ * `upstreamEncryption` says so, and the node opens what arrives on it, so
+ * filters see plaintext and the flow still crosses the link once. A link
+ * takes effect at its acknowledgement: nothing of the flow precedes a
+ * consumer's CREATE_ACK or LINK_ACK, a FILTER withdraws what the new filter
+ * rejects and has not left yet, and nothing follows an UNLINK_ACK.
+ *
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
@@ -32,7 +41,16 @@ import * as Scope from "effect/Scope"
 import { type ChannelError, Code, codeName } from "./ChannelError.ts"
 import * as Channels from "./Channels.ts"
 import * as F from "./internal/channelFrames.ts"
-import { Consumer, Flow, type FlowCounters, flowKey, type LeaveReason, type Match, show } from "./internal/fanoutFlow.ts"
+import {
+  Consumer,
+  Flow,
+  type FlowCounters,
+  flowKey,
+  type LeaveReason,
+  type Match,
+  safeMatch,
+  show
+} from "./internal/fanoutFlow.ts"
 import type * as MessageTransport from "./MessageTransport.ts"
 
 /**
@@ -228,9 +246,15 @@ export const subscribe = (
     readonly scope: Name
     readonly filter?: Channels.FanoutFilter | undefined
     readonly label?: string | undefined
+    /** The flow arrives sealed under this channel's own key (needs "encryption" negotiated). */
+    readonly encryption?: Channels.Encryption | undefined
   }
 ): Effect.Effect<Channels.Channel, ChannelError, Scope.Scope> =>
-  channels.open({ label: options.label ?? "fanout", fanout: params({ role: "subscribe", ...options }) })
+  channels.open({
+    label: options.label ?? "fanout",
+    fanout: params({ role: "subscribe", flow: options.flow, scope: options.scope, filter: options.filter }),
+    encryption: options.encryption
+  })
 
 /**
  * Opens a publishing channel (role PUBLISH): what is sent on it is the
@@ -241,9 +265,19 @@ export const subscribe = (
  */
 export const publishTo = (
   channels: Channels.Channels,
-  options: { readonly flow: Name; readonly scope: Name; readonly label?: string | undefined }
+  options: {
+    readonly flow: Name
+    readonly scope: Name
+    readonly label?: string | undefined
+    /** What is sent is sealed under this channel's own key; the node opens it before fanning it out. */
+    readonly encryption?: Channels.Encryption | undefined
+  }
 ): Effect.Effect<Channels.Channel, ChannelError, Scope.Scope> =>
-  channels.open({ label: options.label ?? "fanout", fanout: params({ role: "publish", ...options }) })
+  channels.open({
+    label: options.label ?? "fanout",
+    fanout: params({ role: "publish", flow: options.flow, scope: options.scope }),
+    encryption: options.encryption
+  })
 
 // ---------------------------------------------------------------------------
 // The node
@@ -267,6 +301,16 @@ export interface Options<Peer = unknown> {
   readonly authorize?: ((scope: Uint8Array, peer: Peer) => boolean | Effect.Effect<boolean>) | undefined
   /** The gateway connection flows are subscribed from (with "fanout" negotiated). Absent: a gateway. */
   readonly upstream?: Channels.Channels | undefined
+  /**
+   * Encrypts the upstream channel of a flow (the key id must be in the
+   * upstream connection's `keys` and the gateway's, "encryption"
+   * negotiated): one setting for every flow, or per (flow, scope), so that
+   * each scope can have a key of its own. Default: plain.
+   */
+  readonly upstreamEncryption?:
+    | Channels.Encryption
+    | ((flowId: Uint8Array, scope: Uint8Array) => Channels.Encryption | undefined)
+    | undefined
   /**
    * Whether this node sources a flow that no publisher feeds yet (its
    * consumers are linked and wait for data). Default: only flows with a
@@ -404,6 +448,11 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
       return flow
     }
 
+    /** Runs an effect once the current step is over: what a commit starts never runs inside the engine's step. */
+    const later = (effect: Effect.Effect<void>): void => {
+      runFork(Effect.andThen(Effect.yieldNow, effect))
+    }
+
     /** A flow nobody uses any more: its upstream channel is destroyed and it is forgotten. */
     const maybeRetire = (flow: Flow): void => {
       if (flow.retired || flow.consumers.length > 0 || flow.waiting > 0 || flow.publishers > 0) return
@@ -411,7 +460,7 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
       if (flows.get(flow.key) === flow) flows.delete(flow.key)
       const upstream = flow.upstream as Upstream | undefined
       flow.upstream = undefined
-      if (upstream !== undefined) runFork(Scope.close(upstream.scope, Exit.void))
+      if (upstream !== undefined) later(Scope.close(upstream.scope, Exit.void))
     }
 
     const onLeave = (consumer: Consumer, reason: LeaveReason, code: number = Code.NO_ERROR): void => {
@@ -462,8 +511,12 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
       flow.upstream = subscription
       runFork(
         Effect.gen(function*() {
+          const encryption = typeof options.upstreamEncryption === "function"
+            ? options.upstreamEncryption(flow.flowId, flow.scope)
+            : options.upstreamEncryption
+          // Encrypted, the channel opens what it pulls: the flow below is plaintext.
           const channel = yield* Scope.provide(
-            subscribe(upstream, { flow: flow.flowId, scope: flow.scope }),
+            subscribe(upstream, { flow: flow.flowId, scope: flow.scope, encryption }),
             subscription.scope
           )
           upstreamChannels++
@@ -603,7 +656,7 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
       p: Channels.FanoutParams,
       created: boolean,
       attempt = 1
-    ): Effect.Effect<void, FanoutError> =>
+    ): Effect.Effect<Channels.FanoutCommit, FanoutError> =>
       Effect.gen(function*() {
         const match = yield* compile(p.filter)
         const flow = flowOf(p.flowId, p.scope)
@@ -616,10 +669,21 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
           }
           return yield* subscribeLink(channel, p, created, attempt + 1)
         }
-        const consumer = new Consumer(channel, flow, created, match)
-        flow.add(consumer)
-        consumers.set(channel, consumer)
+        // The consumer joins with the CREATE_ACK or LINK_ACK (the commit); until then the flow is held.
+        flow.waiting++
         watch(channel, created)
+        return (acked: boolean) => {
+          flow.waiting--
+          if (acked && !stopped && !flow.retired && hasSource(flow)) {
+            const consumer = new Consumer(channel, flow, created, match)
+            flow.add(consumer)
+            consumers.set(channel, consumer)
+          } else if (acked) {
+            // The source ended between the decision and the ACK: the link ends as the flow did.
+            later(channel.abort(Code.INTERNAL_ERROR, "the flow's source ended"))
+          }
+          maybeRetire(flow)
+        }
       })
 
     const publishLink = (channel: Channels.Channel, p: Channels.FanoutParams, created: boolean) =>
@@ -647,15 +711,32 @@ export const make = <Peer = unknown>(options: Options<Peer> = {}): Effect.Effect
         }),
       unlink: (channel) =>
         Effect.sync(() => {
+          // Nothing more is offered from now on; what is queued is withdrawn with the UNLINK_ACK.
           const consumer = consumers.get(channel)
           if (consumer !== undefined) onLeave(consumer, "unlinked")
           const publisher = publishers.get(channel)
           if (publisher !== undefined) dropPublisher(channel, publisher)
+          return (acked: boolean) => {
+            if (acked && consumer !== undefined) channel.withdrawFlow()
+          }
         }),
       filter: (channel, filter) =>
-        Effect.map(compile(filter), (match) => {
+        Effect.map(compile(filter), (match) => (acked: boolean) => {
+          // Applied with the FILTER_ACK: what the old filter let through and has not left is filtered again.
           const consumer = consumers.get(channel)
-          if (consumer !== undefined) consumer.match = match
+          if (!acked || consumer === undefined) return
+          consumer.match = match
+          if (match === undefined) return
+          let bytes = 0
+          const withdrawn = channel.withdrawFlow((payload) => {
+            if (safeMatch(match, payload)) return true
+            bytes += payload.length
+            return false
+          })
+          consumer.delivered -= withdrawn
+          counters.messagesDelivered -= withdrawn
+          counters.bytesDelivered -= bytes
+          counters.filteredOut += withdrawn
         })
     })
 

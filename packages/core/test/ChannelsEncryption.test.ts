@@ -455,6 +455,49 @@ describe("Channels encryption", () => {
       }))
   })
 
+  describe("with fanout", () => {
+    const fanout: Channels.FanoutParams = {
+      role: Channels.FanoutRole.SUBSCRIBE,
+      flowId: text("prices"),
+      scope: text("acme"),
+      filter: { _tag: "All" }
+    }
+
+    it.live("a CREATE with fanout and encryption is accepted with both: the handler's channel is encrypted and the ACK carries both", () =>
+      Effect.gen(function*() {
+        const linked: Array<Channels.Channel> = []
+        const { client, clientTap, serverTap } = yield* connect({ extensions: ["fanout", "encryption"] }, {
+          extensions: ["fanout", "encryption"],
+          fanout: {
+            link: (channel) =>
+              Effect.sync(() => {
+                linked.push(channel)
+                // Sent with the CREATE_ACK's commit: sealed once the key exists.
+                return (acked: boolean) => {
+                  if (acked) channel.offerFlowUnsafe(text("first of the flow"))
+                }
+              }),
+            unlink: () => Effect.void,
+            filter: () => Effect.void
+          }
+        })
+        const channel = yield* client.open({ fanout, encryption: { keyId: 2, suite: "AES-128-GCM" } })
+        assert.deepStrictEqual(channel.encryption, { keyId: 2, suite: "AES-128-GCM" })
+        assert.isDefined(channel.fanout)
+        assert.strictEqual(str((yield* take(channel, 1).pipe(within("the flow's first message")))[0]), "first of the flow")
+        assert.strictEqual(linked.length, 1)
+        assert.deepStrictEqual(linked[0].encryption, { keyId: 2, suite: "AES-128-GCM" })
+        const create = controlIn(clientTap.sent).find((m) => !(m instanceof ChannelError.ChannelError) && m._tag === "Create")
+        const ack = controlIn(serverTap.sent).find((m) => !(m instanceof ChannelError.ChannelError) && m._tag === "CreateAck")
+        assert.deepStrictEqual(create?._tag === "Create" ? create.extensions.map((e) => e._tag).sort() : [], ["Encryption", "Fanout"])
+        assert.deepStrictEqual(ack?._tag === "CreateAck" ? ack.extensions.map((e) => e._tag).sort() : [], ["Encryption", "Fanout"])
+        const data = dataOn(serverTap.sent, channel.id)
+        assert.strictEqual(data.length, 1)
+        assert.strictEqual(data[0].length, 2 + "first of the flow".length + F.TAG_SIZE)
+        assert.isFalse(contains(data[0], text("first of the flow")))
+      }))
+  })
+
   describe("migrate and limits", () => {
     it.live("migrate carries the counters over: messages before, during and after arrive in order", () =>
       Effect.gen(function*() {

@@ -190,6 +190,13 @@ export class ChannelState {
   linkBusy = false
   /** Payload bytes of `send` not yet moved to `out` (waiting for credit). */
   sendQueuedBytes = 0
+  /**
+   * Which entries of `send` are messages of a fanout flow (index for index),
+   * once one was queued: those can still be withdrawn (`withdrawFlow`).
+   */
+  sendFlow: Array<boolean> | undefined = undefined
+  /** Flow messages in `send` not yet moved to `out`. */
+  flowQueued = 0
 
   constructor(id: number, outbound: boolean, config: EngineConfig) {
     this.id = id
@@ -406,8 +413,10 @@ export class Engine {
 
   private dropQueued(ch: ChannelState): void {
     ch.send = undefined
+    ch.sendFlow = undefined
     ch.sendHead = 0
     ch.sendQueuedBytes = 0
+    ch.flowQueued = 0
   }
 
   // -------------------------------------------------------------------------
@@ -690,7 +699,6 @@ export class Engine {
       // The application's fanout handler decides on the channel (linkCreated).
       if (extension._tag === "Fanout" && this.hooks.fanout !== undefined) continue
       if (extension._tag === "Encryption") {
-        if (m.extensions.length > 1) return refuse(Code.BAD_EXTENSION_PARAMS, "encryption with fanout on one channel")
         const material = this.config.keys?.(extension.keyId)
         if (material === undefined) return refuse(Code.UNKNOWN_KEY, `no key ${extension.keyId}`)
         cipher = new ChannelCipher({
@@ -739,17 +747,21 @@ export class Engine {
   // Fanout: the peer's requests, answered for the application's handler
   // -------------------------------------------------------------------------
 
-  /** A CREATE with fanout: accepted (CREATE_ACK with the fanout TLV) or refused as the handler answers. */
+  /**
+   * A CREATE with fanout (and maybe encryption): accepted (CREATE_ACK with
+   * the fanout TLV, and the acceptor's nonce when encrypted) or refused as
+   * the handler answers.
+   */
   private linkCreated(ch: ChannelState, params: F.FanoutParams): void {
     ch.link = cloneParams(params)
     ch.linkBusy = true
     let answered = false
-    this.hooks.fanout!.link(ch, ch.link, true, (refusal) => {
-      if (answered) return
+    this.hooks.fanout!.link(ch, ch.link, true, (refusal, commit) => {
+      if (answered) return commit?.(false)
       answered = true
       ch.linkBusy = false
       // Destroyed while being decided, or the connection ended: already answered.
-      if (ch.phase !== "accepting" || this.failure !== undefined || this.ended) return
+      if (ch.phase !== "accepting" || this.failure !== undefined || this.ended) return commit?.(false)
       if (refusal !== undefined) {
         ch.link = undefined
         this.refuseAccepting(ch, refusal.code, refusal.detail)
@@ -758,14 +770,21 @@ export class Engine {
       }
       this.stats.peerPendingRequests--
       ch.phase = "open"
-      this.queueControl({
+      const cipher = ch.cipher
+      const acked = this.queueControl({
         _tag: "CreateAck",
         requestId: ch.createRequestId,
         channelId: ch.sendId,
         extraMessages: 0,
         extraBytes: 0,
-        extensions: [{ _tag: "Fanout" }]
+        extensions: cipher === undefined
+          ? [{ _tag: "Fanout" }]
+          : [{ _tag: "Fanout" }, { _tag: "Encryption", nonce: cipher.acceptorNonce! }]
       })
+      // The link takes effect behind the CREATE_ACK: nothing of the flow can precede it.
+      commit?.(acked)
+      if (!acked) return
+      if (cipher !== undefined) this.deriveKey(ch)
       this.maybeGrant(ch)
       this.pump(ch)
       this.wakeChannel(ch)
@@ -784,28 +803,35 @@ export class Engine {
     ch.linkBusy = true
     this.stats.peerPendingRequests++
     let answered = false
-    const answer: Answer = (refused) => {
-      if (answered) return
+    const answer: Answer = (refused, commit) => {
+      if (answered) return commit?.(false)
       answered = true
       ch.linkBusy = false
       this.stats.peerPendingRequests--
-      if (this.failure !== undefined || this.ended) return
+      if (this.failure !== undefined || this.ended) return commit?.(false)
       if (refused !== undefined) {
         this.sendError(m.requestId, refused.code, refused.detail)
         this.flood("refused fanout requests")
         return
       }
+      let acked: boolean
       switch (m._tag) {
         case "Link":
           ch.link = link
-          return void this.queueControl({ _tag: "LinkAck", requestId: m.requestId, channelId: ch.sendId })
+          acked = this.queueControl({ _tag: "LinkAck", requestId: m.requestId, channelId: ch.sendId })
+          break
         case "Unlink":
           ch.link = undefined
-          return void this.queueControl({ _tag: "UnlinkAck", requestId: m.requestId, channelId: ch.sendId })
+          acked = this.queueControl({ _tag: "UnlinkAck", requestId: m.requestId, channelId: ch.sendId })
+          break
         case "Filter":
           if (ch.link !== undefined) ch.link = { ...ch.link, filter }
-          return void this.queueControl({ _tag: "FilterAck", requestId: m.requestId, channelId: ch.sendId })
+          acked = this.queueControl({ _tag: "FilterAck", requestId: m.requestId, channelId: ch.sendId })
+          break
       }
+      // The change takes effect behind its ACK (spec: Fanout, Changing and ending): what the
+      // channel sends from now on follows the ACK on the wire.
+      commit?.(acked)
     }
     const link = m._tag === "Link" ? cloneParams(m.fanout) : undefined
     const filter = m._tag === "Filter" ? cloneFilter(m.filter) : { _tag: "All" as const }
@@ -1245,9 +1271,6 @@ export class Engine {
       if (!this.config.extensions.has("encryption")) {
         return requestFailedLocal(F.TYPE_CREATE, Code.EXTENSION_NOT_NEGOTIATED, "encryption was not negotiated")
       }
-      if (options.fanout !== undefined) {
-        return requestFailedLocal(F.TYPE_CREATE, Code.BAD_EXTENSION_PARAMS, "encryption with fanout on one channel")
-      }
       if (!Number.isInteger(encryption.keyId) || encryption.keyId < 0 || encryption.keyId > 0xffffffff) {
         return new ChannelError({ reason: new InvalidMessage({ detail: `key id ${encryption.keyId} is not a u32` }) })
       }
@@ -1275,7 +1298,11 @@ export class Engine {
     if (options.fanout !== undefined) ch.link = cloneParams(options.fanout)
     ch.cipher = cipher
     this.live(ch)
-    const fanout = ch.link
+    const extensions: Array<F.CreateExtension> = []
+    if (ch.link !== undefined) extensions.push({ _tag: "Fanout", ...ch.link })
+    if (cipher !== undefined) {
+      extensions.push({ _tag: "Encryption", suite: cipher.suite, keyId: cipher.keyId, nonce: cipher.creatorNonce })
+    }
     const pending = this.request(F.TYPE_CREATE, ch, undefined, (requestId) => ({
       _tag: "Create",
       requestId,
@@ -1283,11 +1310,7 @@ export class Engine {
       extraMessages: options.extraMessages,
       extraBytes: options.extraBytes,
       label: options.label,
-      extensions: fanout !== undefined
-        ? [{ _tag: "Fanout", ...fanout }]
-        : cipher !== undefined
-        ? [{ _tag: "Encryption", suite: cipher.suite, keyId: cipher.keyId, nonce: cipher.creatorNonce }]
-        : []
+      extensions
     }), (reply) => {
       if (reply instanceof ChannelError) return done(reply)
       if (reply._tag === "Error") return done(ch.failure)
@@ -1344,23 +1367,34 @@ export class Engine {
     })
   }
 
-  /** A sealed message's bytes are in place: the writer may take `out` further. */
-  private sealed(message: Uint8Array, failure: unknown): void {
-    if (failure !== undefined) {
-      // Our own sealing failed: a message is missing from the channel's sequence for good.
-      const error = new ChannelError({ reason: new TransportClosed({ detail: "sealing a message failed", cause: failure }) })
-      this.fail(error, Code.INTERNAL_ERROR)
-      this.flushWakes()
-      return
-    }
+  /**
+   * A sealed message's bytes are in place: the writer may take `out`
+   * further. When sealing failed, the message (never written: the writer
+   * stops at it) leaves `out`, and its channel alone is aborted, since its
+   * sequence now has a gap; the other channels go on.
+   */
+  private sealed(ch: ChannelState, message: Uint8Array, failure: unknown): void {
     const sealing = this.sealing
-    if (sealing[0] === message) {
-      sealing.shift()
-      this.hooks.wakeWriter()
-    } else {
+    const first = sealing[0] === message
+    if (first) sealing.shift()
+    else {
       const i = sealing.indexOf(message)
       if (i >= 0) sealing.splice(i, 1)
     }
+    if (failure === undefined) {
+      if (first) this.hooks.wakeWriter()
+      return
+    }
+    const at = this.out.indexOf(message)
+    if (at >= 0) {
+      this.out.splice(at, 1)
+      this.stats.queuedBytes -= message.length
+    }
+    if (this.failure === undefined && ch.phase !== "closed" && ch.failure === undefined) {
+      this.abortWith(ch, Code.INTERNAL_ERROR, "sealing a message failed", undefined)
+    }
+    this.hooks.wakeWriter()
+    this.flushWakes()
   }
 
   /** A message of an encrypted channel did not open: that channel alone is aborted with DECRYPT_FAILED. */
@@ -1429,8 +1463,12 @@ export class Engine {
     return undefined
   }
 
-  /** Queues messages on a channel and sends what its credit allows. */
-  enqueue(ch: ChannelState, messages: ReadonlyArray<Uint8Array>): ChannelError | undefined {
+  /**
+   * Queues messages on a channel and sends what its credit allows. `flow`:
+   * they are messages of a fanout flow, which `withdrawFlow` may still take
+   * back until they leave.
+   */
+  enqueue(ch: ChannelState, messages: ReadonlyArray<Uint8Array>, flow = false): ChannelError | undefined {
     const cipher = ch.cipher
     const overhead = cipher === undefined ? 0 : F.TAG_SIZE
     for (let i = 0; i < messages.length; i++) {
@@ -1448,8 +1486,72 @@ export class Engine {
     if (ch.send === undefined) ch.send = messages.slice()
     else for (let i = 0; i < messages.length; i++) ch.send.push(messages[i])
     for (let i = 0; i < messages.length; i++) ch.sendQueuedBytes += messages[i].length
+    const marks = ch.sendFlow
+    if (marks !== undefined) {
+      // Marks run index for index with `send`.
+      for (let i = 0; i < messages.length; i++) marks.push(flow)
+      if (flow) ch.flowQueued += messages.length
+    }
     this.pump(ch)
+    if (flow && marks === undefined && ch.send !== undefined) {
+      // Marked only when some of them wait, so a consumer that keeps up costs nothing more. The
+      // pump takes from the head, so what is left of them is the queue's tail.
+      const queue = ch.send
+      const left = Math.min(queue.length - ch.sendHead, messages.length)
+      if (left > 0) {
+        const made = new Array<boolean>(queue.length).fill(false)
+        for (let i = queue.length - left; i < queue.length; i++) made[i] = true
+        ch.sendFlow = made
+        ch.flowQueued += left
+      }
+    }
     return undefined
+  }
+
+  /**
+   * Withdraws the flow messages of a channel's queue that `keep` rejects
+   * (all of them without `keep`): they have not left, so they never will.
+   * The application's own messages stay, in order. Answers how many went.
+   */
+  withdrawFlow(ch: ChannelState, keep: ((payload: Uint8Array) => boolean) | undefined): number {
+    const queue = ch.send
+    const marks = ch.sendFlow
+    if (queue === undefined || marks === undefined || ch.flowQueued === 0) return 0
+    let kept = ch.sendHead
+    let messages = 0
+    let bytes = 0
+    for (let i = ch.sendHead; i < queue.length; i++) {
+      const payload = queue[i]
+      const isFlow = marks[i]
+      if (isFlow && !keeps(keep, payload)) {
+        messages++
+        bytes += payload.length
+        continue
+      }
+      queue[kept] = payload
+      marks[kept] = isFlow
+      kept++
+    }
+    if (messages === 0) return 0
+    queue.length = kept
+    marks.length = kept
+    ch.flowQueued -= messages
+    ch.sendQueuedBytes -= bytes
+    const cipher = ch.cipher
+    if (cipher !== undefined) {
+      // Never sealed: they no longer count towards the key's limits.
+      cipher.admittedMessages -= messages
+      cipher.admittedBytes -= bytes
+    }
+    if (ch.sendHead === kept) {
+      ch.send = undefined
+      ch.sendFlow = undefined
+      ch.sendHead = 0
+    }
+    // A close waiting for the queue may go on, and so may senders waiting for it to drain.
+    this.pump(ch)
+    this.wakeAll(ch.writeWakers)
+    return messages
   }
 
   /** Moves a channel's queued messages to `out` while credit allows; then its closing step. */
@@ -1485,6 +1587,8 @@ export class Engine {
             m.sendByteWindow -= wire
           }
         }
+        const marks = ch.sendFlow
+        if (marks !== undefined && marks[ch.sendHead]) ch.flowQueued--
         queue[ch.sendHead++] = EMPTY
         ch.sendQueuedBytes -= size
         let message: Uint8Array
@@ -1496,7 +1600,7 @@ export class Engine {
           F.writeHeader(message, 0, ch.sendId)
           this.sealing.push(message)
           const sealedMessage = message
-          cipher.seal(ch.sendId, payload, message, (failure) => this.sealed(sealedMessage, failure))
+          cipher.seal(ch.sendId, payload, message, (failure) => this.sealed(ch, sealedMessage, failure))
         }
         this.out.push(message)
         this.stats.queuedBytes += message.length
@@ -1504,9 +1608,11 @@ export class Engine {
       }
       if (ch.sendHead === queue.length) {
         ch.send = undefined
+        ch.sendFlow = undefined
         ch.sendHead = 0
       } else if (ch.sendHead > 64 && ch.sendHead * 2 > queue.length) {
         queue.splice(0, ch.sendHead)
+        ch.sendFlow?.splice(0, ch.sendHead)
         ch.sendHead = 0
       }
       if (moved) {
@@ -1892,6 +1998,16 @@ export class Engine {
 }
 
 const EMPTY = new Uint8Array(0)
+
+/** A withdrawal predicate that throws keeps nothing, like a fanout filter that throws. */
+const keeps = (keep: ((payload: Uint8Array) => boolean) | undefined, payload: Uint8Array): boolean => {
+  if (keep === undefined) return false
+  try {
+    return keep(payload) === true
+  } catch {
+    return false
+  }
+}
 
 const typeOfTag: Record<Exclude<F.ControlMessage["_tag"], "UnknownNotification">, number> = {
   Create: F.TYPE_CREATE,

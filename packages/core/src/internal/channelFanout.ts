@@ -20,8 +20,21 @@ export interface Refusal {
   readonly detail: string
 }
 
-/** How the application answers a fanout request: nothing to accept, a refusal to refuse. */
-export type Answer = (refusal?: Refusal) => void
+/**
+ * What an accepted request changes at the application, run by the engine
+ * in the same step that queues the request's acknowledgement (`acked`), so
+ * that the change and the ACK sit at one point of the channel's wire order;
+ * `acked` is false when no ACK went out (the channel or the connection ended
+ * first). Called exactly once; it must not wait, and must not resume fibers
+ * that call back into the engine before it returns.
+ */
+export type Commit = (acked: boolean) => void
+
+/**
+ * How the application answers a fanout request: a refusal refuses;
+ * otherwise it is accepted, and `commit` (if any) runs with the ACK.
+ */
+export type Answer = (refusal?: Refusal, commit?: Commit) => void
 
 /** What a channel must look like for the engine (the fields it reads). */
 export interface LinkableChannel {

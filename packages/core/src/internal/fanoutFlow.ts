@@ -5,9 +5,12 @@
  * Effect side (`Fanout.ts`) decides who joins and leaves; this file only
  * walks the list.
  *
- * A consumer's channel queues what its credit does not cover yet; when that
+ * A consumer's channel queues what its credit does not cover yet, as flow
+ * messages that a new filter or an unlink can still withdraw; when that
  * queue goes beyond the node's bound the consumer is reported slow and
- * leaves the list at once, so the others never wait for it.
+ * leaves the list at once, so the others never wait for it. An encrypted
+ * consumer channel gets the plaintext and seals it with its own key when
+ * the message takes its credit, in wire order.
  *
  * @internal
  */
@@ -98,7 +101,7 @@ export class Flow {
         continue
       }
       const channel = consumer.channel
-      if (channel.offerUnsafe(payload) !== undefined) {
+      if (channel.offerFlowUnsafe(payload) !== undefined) {
         ;(dropped ??= []).push(consumer)
         continue
       }
@@ -121,7 +124,7 @@ export class Flow {
 }
 
 /** An application predicate that throws passes nothing: its consumer simply gets less. */
-const safeMatch = (match: (payload: Uint8Array) => boolean, payload: Uint8Array): boolean => {
+export const safeMatch = (match: (payload: Uint8Array) => boolean, payload: Uint8Array): boolean => {
   try {
     return match(payload) === true
   } catch {
