@@ -84,6 +84,37 @@ export const codeName = (code: number): string =>
   codeNames[code] ?? (code >= 1000 && code <= 4999 ? `ws:${code}` : `0x${code.toString(16).padStart(4, "0")}`)
 
 /**
+ * The WebSocket close code that matches a channel code: 1000–4999 as they
+ * are, NO_ERROR 1000, GOING_AWAY 1001, protocol, id and flow-control errors
+ * 1002, DECRYPT_FAILED 1007, ENHANCE_YOUR_CALM and SLOW_CONSUMER 1008, the
+ * rest 1011. Used when a connection over a WebSocket ends with GOAWAY, and
+ * for a channel presented as a WebSocket.
+ *
+ * @category codes
+ * @since 0.1.0
+ */
+export const webSocketCloseCode = (code: number): number => {
+  if (code >= 1000 && code <= 4999) return code
+  switch (code) {
+    case Code.NO_ERROR:
+      return 1000
+    case Code.GOING_AWAY:
+      return 1001
+    case Code.PROTOCOL_ERROR:
+    case Code.INVALID_ID:
+    case Code.FLOW_CONTROL_ERROR:
+      return 1002
+    case Code.DECRYPT_FAILED:
+      return 1007
+    case Code.ENHANCE_YOUR_CALM:
+    case Code.SLOW_CONSUMER:
+      return 1008
+    default:
+      return 1011
+  }
+}
+
+/**
  * Codes whose refusal promises that nothing was processed: the operation is
  * safe to retry, here or on another connection.
  *

@@ -39,7 +39,7 @@ import * as Predicate from "effect/Predicate"
 import type * as Pull from "effect/Pull"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { ChannelError, Code, DecryptFailed, GoneAway, TransportClosed } from "./ChannelError.ts"
+import { ChannelError, Code, codeName, DecryptFailed, GoneAway, TransportClosed, webSocketCloseCode } from "./ChannelError.ts"
 import { type ChannelState, Engine, type EngineStats } from "./internal/channelEngine.ts"
 import type { Answer, FanoutHooks } from "./internal/channelFanout.ts"
 import { type Opened, suiteByName, suiteName } from "./internal/channelCrypto.ts"
@@ -276,6 +276,12 @@ export interface Channel extends MessageTransport.MessageTransport<ChannelError>
   readonly closed: Effect.Effect<void>
   /** How the channel failed, if it did. */
   readonly failure: Effect.Effect<ChannelError | undefined>
+  /**
+   * The code and reason of the channel's closing step (DESTROY), once
+   * either side sent one: what a graceful end carried, e.g. the WebSocket
+   * close code of a channel presented as a WebSocket.
+   */
+  readonly closing: { readonly code: number; readonly reason: string; readonly byPeer: boolean } | undefined
   /** The channel's fanout link, if it has one (created with fanout, or linked). */
   readonly fanout: FanoutParams | undefined
   /**
@@ -411,6 +417,11 @@ class ChannelImpl implements Channel {
   }
   get outbound(): boolean {
     return this.state.outbound
+  }
+  get closing(): Channel["closing"] {
+    const state = this.state
+    if (!state.sentDestroy && !state.gotPeerDestroy) return undefined
+    return { code: state.closeCode, reason: state.closeReason, byPeer: state.gotPeerDestroy }
   }
 
   private waitRead(): Effect.Effect<void> {
@@ -855,7 +866,11 @@ export const make = <E>(
       // Let the writer flush GOAWAY and the last messages, briefly.
       run(() => engine.stop())
       yield* Fiber.await(writerFiber).pipe(Effect.timeout("1 second"), Effect.ignore)
-      yield* transport.close
+      // After our GOAWAY with an error, a transport that carries close codes says so too (1002, 1008, …).
+      const code = engine.failureCode
+      yield* code !== undefined && code !== Code.NO_ERROR && transport.closeWith !== undefined
+        ? transport.closeWith(webSocketCloseCode(code), codeName(code))
+        : transport.close
       yield* Fiber.interrupt(readerFiber)
     })
 

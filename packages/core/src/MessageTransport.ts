@@ -85,6 +85,12 @@ export interface MessageTransport<E = MessageTransportError> {
    * the closing handshake. Idempotent.
    */
   readonly close: Effect.Effect<void>
+  /**
+   * Ends the transport with a close code, where the transport carries one
+   * (a WebSocket: 1002 after a protocol error, say). Absent where it does
+   * not: use `close`.
+   */
+  readonly closeWith?: ((code: number, reason?: string) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -105,13 +111,15 @@ export const make = <E>(options: {
   readonly sendAll?: ((messages: ReadonlyArray<Uint8Array>) => Effect.Effect<void, E>) | undefined
   readonly pull: Pull.Pull<NonEmptyReadonlyArray<Uint8Array>, E>
   readonly close: Effect.Effect<void>
+  readonly closeWith?: ((code: number, reason?: string) => Effect.Effect<void>) | undefined
 }): MessageTransport<E> => ({
   [TypeId]: TypeId,
   send: options.send,
   sendAll: options.sendAll ?? ((messages) => Effect.forEach(messages, options.send, { discard: true })),
   pull: options.pull,
   messages: Stream.fromPull(Effect.succeed(options.pull)),
-  close: options.close
+  close: options.close,
+  closeWith: options.closeWith
 })
 
 /**
@@ -268,10 +276,11 @@ export const fromFramedSocket = (
     const send = (message: Uint8Array) => writer.write(message)
     const sendAll = (messages: ReadonlyArray<Uint8Array>) =>
       messages.length === 0 ? Effect.void : writer.writeAll(messages as NonEmptyReadonlyArray<Uint8Array>)
-    const close = Effect.suspend(() => {
-      if (closed) return Effect.void
-      closed = true
-      return Effect.ignore(writer.write(new Socket.CloseEvent(1000)))
-    })
-    return make({ send, sendAll, pull, close })
+    const closeWith = (code: number, reason?: string) =>
+      Effect.suspend(() => {
+        if (closed) return Effect.void
+        closed = true
+        return Effect.ignore(writer.write(new Socket.CloseEvent(code, reason)))
+      })
+    return make({ send, sendAll, pull, close: closeWith(1000), closeWith })
   })

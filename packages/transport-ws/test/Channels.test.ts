@@ -250,29 +250,29 @@ describe("Channels over a WebSocket: the ws client speaking the wire by hand", (
       )
     }))
 
-  it.live("data on an idle channel id ends the connection: GOAWAY PROTOCOL_ERROR, then the close", () =>
+  it.live("data on an idle channel id ends the connection: GOAWAY PROTOCOL_ERROR, then close 1002", () =>
     Effect.gen(function*() {
       const { url, connections } = yield* listenChannels()
       const peer = yield* rawPeer(url)
       peer.send(dataMessage(9, "nobody"))
       yield* peer.waitFor("GOAWAY PROTOCOL_ERROR", isGoAway(Code.PROTOCOL_ERROR))
-      yield* peer.closed
+      assert.strictEqual(yield* peer.closed, 1002)
       assert.strictEqual(connections[0]!.ended, "ProtocolViolation")
       yield* stillServing(url)
     }))
 
-  it.live("a runt (1-byte) message ends the connection: GOAWAY PROTOCOL_ERROR, then the close", () =>
+  it.live("a runt (1-byte) message ends the connection: GOAWAY PROTOCOL_ERROR, then close 1002", () =>
     Effect.gen(function*() {
       const { url, connections } = yield* listenChannels()
       const peer = yield* rawPeer(url)
       peer.send(new Uint8Array([0x00]))
       yield* peer.waitFor("GOAWAY PROTOCOL_ERROR", isGoAway(Code.PROTOCOL_ERROR))
-      yield* peer.closed
+      assert.strictEqual(yield* peer.closed, 1002)
       assert.strictEqual(connections[0]!.ended, "ProtocolViolation")
       yield* stillServing(url)
     }))
 
-  it.live("malformed control messages end the connection with GOAWAY PROTOCOL_ERROR, then the close: a cut CREATE, request id 0, a label running past the end", () =>
+  it.live("malformed control messages end the connection with GOAWAY PROTOCOL_ERROR, then close 1002: a cut CREATE, request id 0, a label running past the end", () =>
     Effect.gen(function*() {
       const { url, connections } = yield* listenChannels()
       const cases: ReadonlyArray<Uint8Array> = [
@@ -288,19 +288,19 @@ describe("Channels over a WebSocket: the ws client speaking the wire by hand", (
         const peer = yield* rawPeer(url)
         peer.send(malformed)
         yield* peer.waitFor("GOAWAY PROTOCOL_ERROR", isGoAway(Code.PROTOCOL_ERROR))
-        yield* peer.closed
+        assert.strictEqual(yield* peer.closed, 1002)
         assert.strictEqual(connections[i]!.ended, "ProtocolViolation")
       }
       yield* stillServing(url)
     }))
 
-  it.live("a CREATE with the server's parity ends the connection with GOAWAY INVALID_ID, then the close", () =>
+  it.live("a CREATE with the server's parity ends the connection with GOAWAY INVALID_ID, then close 1002", () =>
     Effect.gen(function*() {
       const { url } = yield* listenChannels()
       const peer = yield* rawPeer(url)
       peer.send(create(1, 4, "even"))
       yield* peer.waitFor("GOAWAY INVALID_ID", isGoAway(Code.INVALID_ID))
-      yield* peer.closed
+      assert.strictEqual(yield* peer.closed, 1002)
       yield* stillServing(url)
     }))
 

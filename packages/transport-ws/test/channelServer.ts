@@ -55,6 +55,7 @@ const spyDestroys = <E>(transport: MessageTransport.MessageTransport<E>, seen: A
     send: transport.send,
     sendAll: transport.sendAll,
     close: transport.close,
+    closeWith: transport.closeWith,
     pull: Effect.tap(transport.pull, (batch) =>
       Effect.sync(() => {
         for (const m of batch) {

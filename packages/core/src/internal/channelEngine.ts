@@ -260,6 +260,8 @@ export class Engine {
   private flushing = false
   readonly defaultChannel: ChannelState
   failure: ChannelError | undefined = undefined
+  /** The code of the GOAWAY this side sent when it failed the connection. */
+  failureCode: number | undefined = undefined
   goingAway = false
   peerGoneAway = false
   ended = false
@@ -346,6 +348,7 @@ export class Engine {
   fail(error: ChannelError, code: number | undefined): void {
     if (this.failure !== undefined || this.ended) return
     this.failure = error
+    this.failureCode = code
     if (code !== undefined) {
       const detail = error.reason._tag === "ProtocolViolation" ? error.reason.detail : error.reason.message
       const goAway = F.encodeControl({ _tag: "GoAway", code, reason: detail })

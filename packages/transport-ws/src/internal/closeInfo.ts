@@ -21,29 +21,8 @@ export interface CloseInfo {
   readonly channelCode: number | undefined
 }
 
-const Code = ChannelError.Code
-
 /** The WebSocket close code for a channel code. @internal */
-export const wsCodeOf = (channelCode: number): number => {
-  if (channelCode >= 1000 && channelCode <= 4999) return channelCode
-  switch (channelCode) {
-    case Code.NO_ERROR:
-      return 1000
-    case Code.GOING_AWAY:
-      return 1001
-    case Code.PROTOCOL_ERROR:
-    case Code.INVALID_ID:
-    case Code.FLOW_CONTROL_ERROR:
-      return 1002
-    case Code.DECRYPT_FAILED:
-      return 1007
-    case Code.ENHANCE_YOUR_CALM:
-    case Code.SLOW_CONSUMER:
-      return 1008
-    default:
-      return 1011
-  }
-}
+export const wsCodeOf = ChannelError.webSocketCloseCode
 
 /** The WebSocket limit on a close reason, in UTF-8 bytes. @internal */
 export const MAX_REASON_BYTES = 123
@@ -65,25 +44,17 @@ export const clipReason = (text: string): string => {
 }
 
 /**
- * The code and reason of a graceful end: the peer's DESTROY when the peer
- * closed first, this side's otherwise. The public `Channel` exposes only
- * failures, so they are read from the channel's record when it has one;
- * without it the end reads as 1005 (no status), as WebSocket reports a
- * close frame without a code.
+ * The code and reason of a graceful end (`Channel.closing`): the peer's
+ * DESTROY when the peer closed first, this side's otherwise; without one
+ * the end reads as 1005 (no status), as WebSocket reports a close frame
+ * without a code.
  *
  * @internal
  */
 export const gracefulInfo = (channel: Channels.Channel): CloseInfo => {
-  const state = (channel as { readonly state?: { readonly closeCode?: unknown; readonly closeReason?: unknown } }).state
-  const code = state?.closeCode
-  const reason = state?.closeReason
-  if (typeof code !== "number") return { code: 1005, reason: "", wasClean: true, channelCode: undefined }
-  return {
-    code: wsCodeOf(code),
-    reason: typeof reason === "string" ? reason : "",
-    wasClean: true,
-    channelCode: code
-  }
+  const closing = channel.closing
+  if (closing === undefined) return { code: 1005, reason: "", wasClean: true, channelCode: undefined }
+  return { code: wsCodeOf(closing.code), reason: closing.reason, wasClean: true, channelCode: closing.code }
 }
 
 /** The close event of a channel that ended with `error`. @internal */
