@@ -8,8 +8,8 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     name: "browser",
-    root: "./packages/transport-ws",
-    include: ["test/browser/**/*.browser.ts"],
+    root: ".",
+    include: ["packages/transport-ws/test/browser/**/*.browser.ts", "packages/rpc/test/browser/**/*.browser.ts"],
     testTimeout: 120_000,
     hookTimeout: 60_000,
     reporters: ["default", new URL("./.ci/SummaryReporter.ts", import.meta.url).pathname]

@@ -1,7 +1,9 @@
 /**
  * effect/rpc over a message carrier (docs/spec/rpc.md, Calls over a message
- * carrier): any core `MessageTransport`, a KCM message socket among them
- * (`RpcKcm`) and a Channels channel without change. Calls share the carrier
+ * carrier): any core `MessageTransport`, a WebSocket's messages, a KCM
+ * message socket (`RpcKcm`) and a Channels channel (`RpcChannels`) among
+ * them. The client runs over one transport or dials its own, again after
+ * GOAWAY or a loss. Calls share the carrier
  * and are told apart by request id; streaming responses wait for an Ack per
  * chunk; a cancelled call sends Interrupt; deadlines travel in the
  * `plexus-timeout` header and the server enforces them.
@@ -21,10 +23,11 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Queue from "effect/Queue"
-import { type RpcClient, RpcServer } from "effect/rpc"
+import { type RpcClient, type RpcSerialization, RpcServer } from "effect/rpc"
 import type { FromClientEncoded, FromServerEncoded, RequestEncoded } from "effect/rpc/RpcMessage"
-import type * as Scope from "effect/Scope"
-import type { MessageTransport } from "@plexus/core"
+import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
+import { MessageTransport } from "@plexus/core"
 import * as internalClient from "./internal/client.ts"
 import {
   Codec,
@@ -36,7 +39,9 @@ import {
   KIND_DEFECT,
   KIND_ENVELOPE,
   KIND_GOAWAY,
+  KIND_PROBE,
   KIND_REFUSED,
+  KIND_UNKNOWN,
   timeoutOf
 } from "./internal/wire.ts"
 import {
@@ -76,6 +81,8 @@ export interface ClientStats {
   readonly unmatched: number
   readonly malformed: number
   readonly goAways: number
+  /** Transports in use: the current one, and older ones whose calls still run. */
+  readonly carriers: number
 }
 
 /**
@@ -87,6 +94,14 @@ export interface ClientStats {
 export interface Client {
   readonly protocol: RpcClient.Protocol["Service"]
   readonly stats: Effect.Effect<ClientStats>
+  /**
+   * Asks the server about every call sent and not answered yet (PROBE): a
+   * call the server does not know (its request, or its answer, was lost
+   * with a connection) fails with `ConnectionLost`, not retryable. For
+   * carriers that lose messages silently when one connection drops (a KCM
+   * pool); `RpcKcm` calls it when a connection leaves the pool.
+   */
+  readonly probe: Effect.Effect<void>
 }
 
 type Inbound = Decoded<FromServerEncoded> | { readonly kind: "lost"; readonly detail: string }
@@ -95,32 +110,64 @@ const defaultSendRetryable = (error: unknown): boolean =>
   typeof error === "object" && error !== null && (error as { retryable?: unknown }).retryable === true
 
 /**
- * The effect/rpc client `Protocol` over a message transport, with its
- * counters. The transport's received messages belong to the protocol.
+ * Where a client's carriers come from: one fixed message transport, or a
+ * dial that makes a new one when the last was lost or went away (GOAWAY).
  *
- * @category constructors
+ * @category models
  * @since 0.1.0
  */
-export const makeClient = <E>(
-  transport: MessageTransport.MessageTransport<E>,
-  options?: ClientOptions
-): Effect.Effect<Client, never, Scope.Scope> =>
+export type MessageSource<E> =
+  | MessageTransport.MessageTransport<E>
+  | { readonly dial: Effect.Effect<MessageTransport.MessageTransport<unknown>, unknown, Scope.Scope> }
+
+/** The calls of one carrier. */
+interface Link {
+  readonly attempt: internalClient.Attempt
+  readonly ack: (requestId: string | number) => Effect.Effect<void>
+  readonly interrupt: (requestId: string | number) => Effect.Effect<void>
+  readonly has: (key: string) => boolean
+  readonly pending: () => number
+  /** Why the carrier is unusable, once it is. */
+  readonly lost: () => string | undefined
+  readonly goneAway: () => boolean
+  readonly probe: Effect.Effect<void>
+  /** Completes once the carrier is lost, or once no call is pending on it. */
+  readonly idle: Effect.Effect<void>
+}
+
+interface LinkContext {
+  readonly ser: RpcSerialization.RpcSerialization["Service"]
+  readonly decodeDefect: (u: unknown) => unknown
+  readonly maxRequest: number
+  readonly maxResponse: number
+  readonly sendRetryable: (error: unknown) => boolean
+  readonly stats: { unmatched: number; malformed: number; goAways: number }
+  /** Told when the carrier becomes unusable for new calls (lost, or GOAWAY). */
+  readonly onRetire: (link: Link) => void
+}
+
+/** Runs calls over one message transport, in the current Scope. */
+const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkContext): Effect.Effect<Link, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const ser = yield* serialization
-    const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ser)
-    const decodeDefect = internalClient.defectDecoder(ser)
-    const maxRequest = options?.maxRequestBytes ?? 4 * 1024 * 1024
-    const maxResponse = options?.maxResponseBytes ?? 16 * 1024 * 1024
-    const sendRetryable = options?.sendRetryable ?? defaultSendRetryable
+    const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ctx.ser)
+    const stats = ctx.stats
     const calls = new Map<string, Queue.Queue<Inbound>>()
-    const stats = { unmatched: 0, malformed: 0, goAways: 0 }
+    // Calls whose request left, by key, with their id: what a PROBE asks about.
+    const sentCalls = new Set<string>()
+    const idleWakers: Array<() => void> = []
     let lost: string | undefined
+    let goneAway = false
+
+    const wakeIdle = () => {
+      if (lost === undefined && calls.size > 0) return
+      for (const wake of idleWakers.splice(0, idleWakers.length)) wake()
+    }
 
     // One reader routes every message to its call's mailbox, never waiting
     // on a call: a slow consumer holds only its own mailbox (one chunk,
     // since the server waits for the Ack).
     const route = (message: Uint8Array) => {
-      if (message.length > maxResponse) {
+      if (message.length > ctx.maxResponse) {
         stats.malformed++
         return
       }
@@ -133,6 +180,10 @@ export const makeClient = <E>(
         }
       } else if (decoded.kind === KIND_GOAWAY) {
         stats.goAways++
+        if (!goneAway) {
+          goneAway = true
+          ctx.onRetire(link)
+        }
         return
       } else if (decoded.kind !== "malformed") {
         key = decoded.id
@@ -152,15 +203,6 @@ export const makeClient = <E>(
       for (let i = 0; i < batch.length; i++) route(batch[i])
       return read
     })
-    yield* Effect.forkScoped(
-      Effect.onExit(read, (exit) =>
-        Effect.sync(() => {
-          lost = Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)
-            ? (Cause.isDone(Cause.squash(exit.cause)) ? "the carrier ended" : String(Cause.squash(exit.cause)))
-            : "the client closed"
-          for (const mailbox of calls.values()) Queue.offerUnsafe(mailbox, { kind: "lost", detail: lost })
-        }))
-    )
 
     const interruptOnWire = (requestId: string | number) =>
       Effect.ignore(transport.send(codec.encode({ _tag: "Interrupt", requestId })))
@@ -174,9 +216,9 @@ export const makeClient = <E>(
         } catch (cause) {
           return Effect.die(cause)
         }
-        if (bytes.length > maxRequest) {
+        if (bytes.length > ctx.maxRequest) {
           return Effect.fail(
-            new RpcTransportError({ reason: new MessageTooLarge({ size: bytes.length, max: maxRequest }), retryable: true })
+            new RpcTransportError({ reason: new MessageTooLarge({ size: bytes.length, max: ctx.maxRequest }), retryable: true })
           )
         }
         if (lost !== undefined) {
@@ -201,7 +243,7 @@ export const makeClient = <E>(
               case KIND_DEFECT: {
                 finished = true
                 const defect = codec.decodeTail(inbound.tail)
-                return Effect.die(defect !== undefined && defect._tag === "Defect" ? decodeDefect(defect.defect) : "a defect")
+                return Effect.die(defect !== undefined && defect._tag === "Defect" ? ctx.decodeDefect(defect.defect) : "a defect")
               }
               case KIND_DEADLINE:
                 finished = true
@@ -225,13 +267,22 @@ export const makeClient = <E>(
                 return Effect.fail(
                   new RpcTransportError({ reason: new ConnectionLost({ detail: inbound.detail }), retryable: false })
                 )
+              case KIND_UNKNOWN:
+                return Effect.fail(
+                  new RpcTransportError({
+                    reason: new ConnectionLost({
+                      detail: "the server has no such call: its request or its answer was lost with a connection"
+                    }),
+                    retryable: false
+                  })
+                )
               default:
                 return loop
             }
           })
           const run = Effect.andThen(
             Effect.mapError(transport.send(bytes), (error) => {
-              const retryable = sendRetryable(error)
+              const retryable = ctx.sendRetryable(error)
               return new RpcTransportError({
                 reason: retryable
                   ? new NotSent({ detail: String(error), cause: error })
@@ -241,11 +292,14 @@ export const makeClient = <E>(
             }),
             Effect.suspend(() => {
               sent = true
+              sentCalls.add(key)
               return loop
             })
           )
           return Effect.onExit(run, (exit) => {
             calls.delete(key)
+            sentCalls.delete(key)
+            wakeIdle()
             // A call given up on tells the server, which interrupts the handler.
             if (sent && !finished && Exit.isFailure(exit)) return Effect.forkDetach(interruptOnWire(request.id))
             return Effect.void
@@ -253,15 +307,152 @@ export const makeClient = <E>(
         })
       })
 
+    const idle: Effect.Effect<void> = Effect.callback<void>((resume) => {
+      if (lost !== undefined || calls.size === 0) return resume(Effect.void)
+      const waker = () => resume(Effect.void)
+      idleWakers.push(waker)
+      return Effect.sync(() => {
+        const i = idleWakers.indexOf(waker)
+        if (i >= 0) idleWakers.splice(i, 1)
+      })
+    })
+
+    const link: Link = {
+      attempt,
+      ack: (requestId) => Effect.ignore(transport.send(codec.encode({ _tag: "Ack", requestId }))),
+      interrupt: (requestId) => calls.has(idKey(requestId)) ? interruptOnWire(requestId) : Effect.void,
+      has: (key) => calls.has(key),
+      pending: () => calls.size,
+      lost: () => lost,
+      goneAway: () => goneAway,
+      probe: Effect.suspend(() =>
+        sentCalls.size === 0
+          ? Effect.void
+          : Effect.ignore(transport.sendAll(Array.from(sentCalls, (key) => control(KIND_PROBE, key))))
+      ),
+      idle
+    }
+
+    yield* Effect.forkScoped(
+      Effect.onExit(read, (exit) =>
+        Effect.sync(() => {
+          lost = Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)
+            ? (Cause.isDone(Cause.squash(exit.cause)) ? "the carrier ended" : String(Cause.squash(exit.cause)))
+            : "the client closed"
+          for (const mailbox of calls.values()) Queue.offerUnsafe(mailbox, { kind: "lost", detail: lost })
+          wakeIdle()
+          ctx.onRetire(link)
+        }))
+    )
+    return link
+  })
+
+/**
+ * The effect/rpc client `Protocol` over a message transport, or over
+ * transports it dials itself (a new one when the last was lost or went
+ * away: calls running on the old one finish there), with its counters. The
+ * transport's received messages belong to the protocol.
+ *
+ * @category constructors
+ * @since 0.1.0
+ */
+export const makeClient = <E>(
+  source: MessageSource<E>,
+  options?: ClientOptions
+): Effect.Effect<Client, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const ser = yield* serialization
+    const scope = yield* Effect.scope
+    const stats = { unmatched: 0, malformed: 0, goAways: 0 }
+    const links = new Set<Link>()
+    let current: { readonly link: Link; readonly scope: Scope.Closeable } | undefined
+    const scopes = new Map<Link, Scope.Closeable>()
+
+    // A link that can take no new call leaves `current`; its scope closes
+    // once its last call ended (or at once, when it is lost).
+    const retire = (link: Link) => {
+      if (current !== undefined && current.link === link) current = undefined
+      const linkScope = scopes.get(link)
+      if (linkScope === undefined) return
+      scopes.delete(link)
+      Effect.runFork(Effect.andThen(link.idle, Effect.andThen(
+        Effect.sync(() => links.delete(link)),
+        Scope.close(linkScope, Exit.void)
+      )))
+    }
+
+    const ctx: LinkContext = {
+      ser,
+      decodeDefect: internalClient.defectDecoder(ser),
+      maxRequest: options?.maxRequestBytes ?? 4 * 1024 * 1024,
+      maxResponse: options?.maxResponseBytes ?? 16 * 1024 * 1024,
+      sendRetryable: options?.sendRetryable ?? defaultSendRetryable,
+      stats,
+      onRetire: retire
+    }
+
+    let get: Effect.Effect<Link, RpcTransportError>
+    if (MessageTransport.isMessageTransport(source)) {
+      const link = yield* makeLink(source, { ...ctx, onRetire: () => {} })
+      links.add(link)
+      get = Effect.succeed(link)
+    } else {
+      const lock = yield* Semaphore.make(1)
+      const dialOne = Effect.gen(function*() {
+        const child = yield* Scope.fork(scope)
+        const exit = yield* Effect.exit(
+          Effect.flatMap(Scope.provide(source.dial, child), (transport) => Scope.provide(makeLink(transport, ctx), child))
+        )
+        if (Exit.isFailure(exit)) {
+          yield* Scope.close(child, Exit.void)
+          return yield* Effect.fail(
+            new RpcTransportError({
+              reason: new NotSent({ detail: "no carrier could be dialled", cause: Cause.squash(exit.cause) }),
+              retryable: true
+            })
+          )
+        }
+        const link = exit.value
+        links.add(link)
+        scopes.set(link, child)
+        if (link.lost() !== undefined || link.goneAway()) {
+          retire(link)
+          return yield* Effect.fail(
+            new RpcTransportError({ reason: new NotSent({ detail: "the dialled carrier went away" }), retryable: true })
+          )
+        }
+        current = { link, scope: child }
+        return link
+      })
+      get = Effect.suspend(() =>
+        current !== undefined
+          ? Effect.succeed(current.link)
+          : Semaphore.withPermit(lock, Effect.suspend(() => current !== undefined ? Effect.succeed(current.link) : dialOne))
+      )
+    }
+
+    const attempt: internalClient.Attempt = (request, deliver) =>
+      Effect.flatMap(get, (link) => link.attempt(request, deliver))
+    const owner = (requestId: string | number): Link | undefined => {
+      const key = idKey(requestId)
+      for (const link of links) if (link.has(key)) return link
+      return undefined
+    }
+
     const protocol = yield* internalClient.makeProtocol(ser, options, {
       attempt,
       supportsAck: true,
-      ack: (requestId) => Effect.ignore(transport.send(codec.encode({ _tag: "Ack", requestId }))),
-      interrupt: (requestId) => calls.has(idKey(requestId)) ? interruptOnWire(requestId) : Effect.void
+      ack: (requestId) => owner(requestId)?.ack(requestId) ?? Effect.void,
+      interrupt: (requestId) => owner(requestId)?.interrupt(requestId) ?? Effect.void
     })
     return {
       protocol,
-      stats: Effect.sync((): ClientStats => ({ ...stats, pending: calls.size }))
+      stats: Effect.sync((): ClientStats => {
+        let pending = 0
+        for (const link of links) pending += link.pending()
+        return { ...stats, pending, carriers: links.size }
+      }),
+      probe: Effect.suspend(() => Effect.forEach(Array.from(links), (link) => link.probe, { discard: true }))
     }
   })
 
@@ -272,10 +463,10 @@ export const makeClient = <E>(
  * @since 0.1.0
  */
 export const makeClientProtocol = <E>(
-  transport: MessageTransport.MessageTransport<E>,
+  source: MessageSource<E>,
   options?: ClientOptions
 ): Effect.Effect<RpcClient.Protocol["Service"], never, Scope.Scope> =>
-  Effect.map(makeClient(transport, options), (client) => client.protocol)
+  Effect.map(makeClient(source, options), (client) => client.protocol)
 
 // Server ----------------------------------------------------------------------
 
@@ -313,6 +504,8 @@ export interface ServerStats {
   readonly malformed: number
   readonly oversized: number
   readonly aborted: number
+  /** PROBEs answered UNKNOWN: calls whose request or answer a lost connection took. */
+  readonly unknownProbed: number
 }
 
 /**
@@ -385,7 +578,8 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
       duplicates: 0,
       malformed: 0,
       oversized: 0,
-      aborted: 0
+      aborted: 0,
+      unknownProbed: 0
     }
     let writeRequest!: (clientId: number, message: FromClientEncoded) => Effect.Effect<void>
 
@@ -512,6 +706,12 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
             return Effect.void
           }
           const decoded = codec.decode(message)
+          if (decoded.kind === KIND_PROBE) {
+            // A running call needs no answer; one unknown here was lost on the way, or its answer was.
+            if (calls.has(decoded.id)) return Effect.void
+            stats.unknownProbed++
+            return reply(control(KIND_UNKNOWN, decoded.id))
+          }
           if (decoded.kind !== KIND_ENVELOPE) {
             stats.malformed++
             return Effect.void

@@ -14,6 +14,8 @@ export const KIND_DEADLINE = 0x02
 export const KIND_DEFECT = 0x03
 export const KIND_GOAWAY = 0x04
 export const KIND_ABORTED = 0x05
+export const KIND_PROBE = 0x06
+export const KIND_UNKNOWN = 0x07
 
 /** Reset codes of the application range (spec: Reset codes used). */
 export const CODE_DEADLINE_EXCEEDED = 0x100
@@ -59,6 +61,8 @@ export type Decoded<M> =
       | typeof KIND_DEFECT
       | typeof KIND_GOAWAY
       | typeof KIND_ABORTED
+      | typeof KIND_PROBE
+      | typeof KIND_UNKNOWN
     readonly id: string
     readonly tail: Uint8Array
   }
@@ -117,7 +121,7 @@ export class Codec<In, Out> {
       }
       return { kind: KIND_ENVELOPE, message: message as In }
     }
-    if (kind > KIND_ABORTED) return { kind: "malformed", detail: `unknown kind ${kind}` }
+    if (kind > KIND_UNKNOWN) return { kind: "malformed", detail: `unknown kind ${kind}` }
     if (bytes.length < 3) return { kind: "malformed", detail: "runt control message" }
     const length = (bytes[1] << 8) | bytes[2]
     if (bytes.length < 3 + length) return { kind: "malformed", detail: "call id beyond the message" }
@@ -127,7 +131,7 @@ export class Codec<In, Out> {
     } catch {
       return { kind: "malformed", detail: "call id is not UTF-8" }
     }
-    return { kind: kind as 1 | 2 | 3 | 4 | 5, id, tail: bytes.subarray(3 + length) }
+    return { kind: kind as 1 | 2 | 3 | 4 | 5 | 6 | 7, id, tail: bytes.subarray(3 + length) }
   }
 }
 
