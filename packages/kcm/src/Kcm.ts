@@ -3,11 +3,13 @@
  * owns a pool of attached byte transports and a `Delineation` that cuts
  * their byte streams into messages, and offers message sockets over them.
  *
- * - Sending picks a free transport (one not in the middle of another
- *   message) by the policy, round-robin or least-pending, and writes the
- *   whole message there: messages are never interleaved on a transport, and
- *   concurrent sends use different transports. When all are busy, senders
- *   wait in order, up to the optional send timeout.
+ * - Sending picks a free transport (one not in the middle of a write) by
+ *   the policy, round-robin or least-pending, and writes the whole message
+ *   there: messages are never interleaved on a transport. When all are
+ *   busy, messages wait in one queue, in order, up to the optional send
+ *   timeout; the first transport to finish its write takes the head of the
+ *   queue (up to `maxBatchBytes`) and writes it as one write. A send
+ *   completes when the write carrying its message does.
  * - Messages received on every transport fan in to the message sockets:
  *   each goes to exactly one socket, whichever pulls first; per transport
  *   they keep their order. Received messages wait in a queue bounded by
@@ -70,7 +72,7 @@ export interface Options {
   readonly delineation?: Delineation.Delineation | undefined
   /** Default `"round-robin"`. */
   readonly policy?: Policy | undefined
-  /** How long a send may wait for a free transport; then `SendTimeout`. Default: no limit. */
+  /** How long a send may wait in the queue for a transport to take it; then `SendTimeout`. Default: no limit. */
   readonly sendTimeout?: Duration.Input | undefined
   /** Bytes of received messages waiting for a socket before reading pauses. Default 4 MiB. */
   readonly receiveBudget?: number | undefined
@@ -80,7 +82,11 @@ export interface Options {
    * MiB, or 4 maximum-size messages if that is more.
    */
   readonly partialBudget?: number | undefined
-  /** Bytes of small messages coalesced into one write by `sendAll` and batching sockets. Default 64 KiB. */
+  /**
+   * Bytes of messages coalesced into one write: queued sends a transport
+   * takes at once, and the runs of `sendAll` and batching sockets. Default
+   * 64 KiB.
+   */
   readonly maxBatchBytes?: number | undefined
 }
 
@@ -224,6 +230,9 @@ const makeInternal = (options?: Options): Effect.Effect<internal.Multiplexor, ne
       const millis = Duration.toMillis(timeout)
       const period = Duration.millis(Math.max(1, Math.min(250, Math.floor(millis / 4))))
       yield* Effect.forkIn(Effect.forever(Effect.andThen(Effect.sleep(period), mux.sweepPartials(millis))), scope)
+    }
+    if (resolved.sendTimeoutMillis !== undefined) {
+      yield* Effect.forkIn(mux.sendDeadlines(resolved.sendTimeoutMillis), scope)
     }
     return mux
   })

@@ -31,8 +31,8 @@ export class MuxClosed extends Schema.TaggedError<MuxClosed>()("MuxClosed", {}) 
 }
 
 /**
- * No transport became free within the send timeout. The message was never
- * started.
+ * No transport took the message from the queue within the send timeout.
+ * The message was never started.
  *
  * @category reasons
  * @since 0.1.0
@@ -120,8 +120,9 @@ export class KcmError extends Schema.TaggedError<KcmError>()("KcmError", {
  *   the stream ending mid-message).
  * - `PartialBudget`: this transport's incomplete message pushed the pool's
  *   partial bytes over their budget.
- * - `SendInterrupted`: a sender was interrupted while writing a message on
- *   it, so the byte stream may hold part of a message.
+ * - `SendInterrupted`: a sender was interrupted while writing its message
+ *   on it itself (not one queued, nor one in a batch being written), so
+ *   the byte stream may hold part of a message.
  * - `MuxClosed`: the multiplexor closed.
  *
  * @category models

@@ -36,7 +36,7 @@ export interface TransportStats {
   readonly pauses: number
   /** Bytes of an incomplete message held. */
   readonly partialBytes: number
-  /** Whether a message is being written to it right now. */
+  /** Whether it is writing (a message, or a batch of queued ones) right now. */
   readonly busy: boolean
 }
 
@@ -71,13 +71,13 @@ export interface MuxStats {
   readonly tooBig: number
   /** Transports that left because a partial message passed its deadline. */
   readonly timeouts: number
-  /** Sends that had to wait for a free transport. */
+  /** Sends that had to wait in the queue for a transport. */
   readonly sendWaits: number
   /** Sends that gave up waiting (send timeout). */
   readonly sendTimeouts: number
   /** Sends that failed mid-write. */
   readonly sendFailures: number
-  /** Senders waiting for a free transport now. */
+  /** Sends waiting in the queue now (not yet taken into a write). */
   readonly waitingSenders: number
   /** Reconnect dials that failed. */
   readonly dialFailures: number

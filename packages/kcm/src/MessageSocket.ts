@@ -25,10 +25,12 @@ export interface MessageSocket extends MessageTransport.MessageTransport<KcmErro
   /** Unique within its multiplexor. */
   readonly id: number
   /**
-   * Sends one message atomically on a free transport, waiting for one when
-   * all are busy (up to the multiplexor's send timeout). On a batching
-   * socket the message joins the current batch, and the send completes when
-   * the batch is written.
+   * Sends one message atomically on a free transport; when all are busy it
+   * waits in the multiplexor's queue (up to the send timeout) and goes out
+   * in one write with the other messages queued by then. The send completes
+   * when that write does; until then the message is read, so keep it
+   * unchanged. On a batching socket the message joins the current batch,
+   * and the send completes when the batch is written.
    */
   readonly send: (message: Uint8Array) => Effect.Effect<void, KcmError>
   /**

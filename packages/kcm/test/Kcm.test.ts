@@ -13,7 +13,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { Delineation, Memory, Session } from "@plexus/core"
 import { Kcm, type KcmEvent, KcmStats } from "../src/index.ts"
-import { countingSocket, eventually, header, memoryPool, message, verify, within } from "./fixtures/Pool.ts"
+import { countingSocket, eventually, gatedSocket, header, memoryPool, message, verify, within } from "./fixtures/Pool.ts"
 
 const range = (n: number) => Array.from({ length: n }, (_, i) => i)
 
@@ -31,6 +31,24 @@ const nextEvent = <A extends KcmEvent.KcmEvent>(
 
 const isDetached = (e: KcmEvent.KcmEvent): e is KcmEvent.Detached => e._tag === "Detached"
 const isAttached = (e: KcmEvent.KcmEvent): e is KcmEvent.Attached => e._tag === "Attached"
+
+/** A client whose `connections` memory transports hold each write until let through (`gatedSocket`), a server, and a socket on each. */
+const gatedPool = (connections: number, options?: Kcm.Options) =>
+  Effect.gen(function*() {
+    const client = yield* Kcm.make(options)
+    const server = yield* Kcm.make()
+    const gated: Array<ReturnType<typeof gatedSocket>> = []
+    for (let i = 0; i < connections; i++) {
+      const pair = yield* Memory.makeBytePair()
+      const gate = gatedSocket(pair.a)
+      gated.push(gate)
+      yield* client.attach(gate.socket, { label: `g${i}` })
+      yield* server.attach(pair.b)
+    }
+    // Held writes must not keep the test's scope from closing.
+    yield* Effect.addFinalizer(() => Effect.andThen(Effect.forEach(gated, (g) => g.open), client.close))
+    return { client, server, gated, tx: yield* client.socket(), rx: yield* server.socket() }
+  })
 
 describe("Kcm over memory", () => {
   it.live("delivers every message whole when 100 senders share 4 transports", () =>
@@ -335,6 +353,136 @@ describe("Kcm over memory", () => {
       assert.strictEqual(counted.writes(), 1 + 10)
       const got = yield* within("receive")(Fiber.join(receiving))
       assert.strictEqual(new Set(got.map((m) => verify(m).seq)).size, 150)
+    }))
+
+  it.live("sends queued behind a busy transport leave as one write, and each completes only once that write is done", () =>
+    Effect.gen(function*() {
+      const { client, server, gated, tx, rx } = yield* gatedPool(1)
+      const receiving = yield* rx.messages.pipe(Stream.take(21), Stream.runCollect, Effect.forkChild)
+      // The first send takes the free transport; its write is held.
+      const first = yield* Effect.forkChild(tx.send(message(0, 0, 100)))
+      yield* eventually("transport busy", Effect.map(client.stats, (s) => s.transports[0].busy))
+      const queued = yield* Effect.forEach(range(20), (i) => Effect.forkChild(tx.send(message(1, i, 100))))
+      yield* eventually("20 senders queued", Effect.map(client.stats, (s) => s.mux.waitingSenders === 20))
+      // Its write done, the transport takes all 20 as one write, held in turn.
+      yield* gated[0].permit(1)
+      yield* within("first send")(Fiber.join(first))
+      yield* eventually("the queue taken", Effect.map(client.stats, (s) => s.mux.waitingSenders === 0))
+      assert.strictEqual(gated[0].writes(), 2)
+      assert.isTrue(queued.every((f) => f.pollUnsafe() === undefined), "no sender completes before its write")
+      yield* gated[0].permit(1)
+      yield* within("queued senders")(Fiber.joinAll(queued))
+      assert.strictEqual(gated[0].writes(), 2, "21 messages in 2 writes")
+      const got = yield* within("receive")(Fiber.join(receiving))
+      assert.strictEqual(new Set(got.map((m) => `${verify(m).sender}/${verify(m).seq}`)).size, 21)
+      const stats = yield* client.stats
+      assert.strictEqual(stats.mux.txMessages, 21)
+      assert.strictEqual(stats.mux.sendWaits, 20)
+      assert.strictEqual((yield* server.stats).mux.rxMessages, 21)
+    }))
+
+  it.live("after a batch, its senders' next messages queue for one write while the transport is idle, and go straight out while bytes wait in it", () =>
+    Effect.gen(function*() {
+      // Three senders of two messages each queue behind a held write; after their batch, their
+      // second messages either queue again (one more write) or are written at once, one write each.
+      const run = (backlog: number) =>
+        Effect.scoped(Effect.gen(function*() {
+          const { client, gated, tx, rx } = yield* gatedPool(1)
+          yield* gated[0].setBacklog(backlog)
+          const receiving = yield* rx.messages.pipe(Stream.take(7), Stream.runCollect, Effect.forkChild)
+          const first = yield* Effect.forkChild(tx.send(message(0, 0, 100)))
+          yield* eventually("transport busy", Effect.map(client.stats, (s) => s.transports[0].busy))
+          const senders = yield* Effect.forEach(
+            range(3),
+            (i) => Effect.forkChild(Effect.andThen(tx.send(message(1 + i, 0, 100)), tx.send(message(1 + i, 1, 100))))
+          )
+          yield* eventually("three queued", Effect.map(client.stats, (s) => s.mux.waitingSenders === 3))
+          yield* gated[0].open
+          yield* within("sends")(Effect.andThen(Fiber.join(first), Fiber.joinAll(senders)))
+          const got = yield* within("receive")(Fiber.join(receiving))
+          assert.strictEqual(new Set(got.map((m) => `${verify(m).sender}/${verify(m).seq}`)).size, 7)
+          return { writes: gated[0].writes(), waits: (yield* client.stats).mux.sendWaits }
+        }))
+      assert.deepStrictEqual(yield* run(0), { writes: 3, waits: 6 })
+      assert.deepStrictEqual(yield* run(4096), { writes: 5, waits: 3 })
+    }))
+
+  it.live("a transport failing under a coalesced write fails exactly that write's messages, and queued ones go out on another", () =>
+    Effect.gen(function*() {
+      // Batches of at most five 100-byte messages.
+      const { client, gated, tx, rx } = yield* gatedPool(2, { maxBatchBytes: 500 })
+      const detached = yield* nextEvent(client, isDetached)
+      const receiving = yield* rx.messages.pipe(Stream.take(7), Stream.runCollect, Effect.forkChild)
+      // One held write on each transport, then ten senders queue.
+      const held = yield* Effect.forEach(range(2), (i) => Effect.forkChild(tx.send(message(0, i, 100))))
+      yield* eventually("both busy", Effect.map(client.stats, (s) => s.transports.every((t) => t.busy)))
+      const queued = yield* Effect.forEach(range(10), (i) => Effect.forkChild(Effect.exit(tx.send(message(1, i, 100)))))
+      yield* eventually("ten queued", Effect.map(client.stats, (s) => s.mux.waitingSenders === 10))
+      // g0 finishes its write and takes the oldest five as one write, which then fails.
+      yield* gated[0].permit(1)
+      yield* eventually("five taken", Effect.map(client.stats, (s) => s.mux.waitingSenders === 5))
+      assert.strictEqual(gated[0].writes(), 2)
+      yield* gated[0].fail
+      const event = yield* within("detached")(Fiber.join(detached))
+      assert.strictEqual(event.label, "g0")
+      assert.strictEqual(event.reason._tag, "TransportFailed")
+      // The five never started wait for g1, and go out there.
+      yield* gated[1].open
+      yield* within("held sends")(Fiber.joinAll(held))
+      const exits = yield* within("queued sends")(Fiber.joinAll(queued))
+      const failedSeqs = new Set<number>()
+      exits.forEach((exit, i) => {
+        if (Exit.isSuccess(exit)) return
+        failedSeqs.add(i)
+        const reason = exit.cause.reasons[0] as unknown as { error: { reason: { _tag: string } } }
+        assert.strictEqual(reason.error.reason._tag, "MessageCutOff")
+      })
+      assert.strictEqual(failedSeqs.size, 5)
+      assert.deepStrictEqual(new Set(event.failedMessages.map((m) => verify(m).seq)), failedSeqs)
+      const got = yield* within("receive")(Fiber.join(receiving))
+      const sent = got.filter((m) => verify(m).sender === 1).map((m) => verify(m).seq)
+      assert.strictEqual(sent.length, 5)
+      for (const seq of sent) assert.isFalse(failedSeqs.has(seq), `message ${seq} both failed and arrived`)
+      const stats = yield* client.stats
+      assert.strictEqual(stats.mux.sendFailures, 5)
+      assert.strictEqual(stats.mux.attached, 1)
+    }))
+
+  it.live("a queued sender that is interrupted leaves the queue, and its message is never sent", () =>
+    Effect.gen(function*() {
+      const { client, gated, tx, rx } = yield* gatedPool(1)
+      const first = yield* Effect.forkChild(tx.send(message(0, 0, 100)))
+      yield* eventually("transport busy", Effect.map(client.stats, (s) => s.transports[0].busy))
+      const quitter = yield* Effect.forkChild(tx.send(message(1, 0, 100)))
+      yield* eventually("a sender queued", Effect.map(client.stats, (s) => s.mux.waitingSenders === 1))
+      yield* Fiber.interrupt(quitter)
+      assert.strictEqual((yield* client.stats).mux.waitingSenders, 0)
+      yield* gated[0].open
+      yield* within("first send")(Fiber.join(first))
+      yield* tx.send(message(2, 0, 100))
+      // One transport keeps the order: the quitter's message would come between these two.
+      const got = yield* rx.messages.pipe(Stream.take(2), Stream.runCollect, within("receive"))
+      assert.deepStrictEqual(got.map((m) => verify(m).sender), [0, 2])
+      assert.strictEqual((yield* client.stats).mux.txMessages, 2)
+    }))
+
+  it.live("interrupting a sender whose message is already being written neither cuts the write nor drops the transport", () =>
+    Effect.gen(function*() {
+      const { client, gated, tx, rx } = yield* gatedPool(1)
+      const first = yield* Effect.forkChild(tx.send(message(0, 0, 100)))
+      yield* eventually("transport busy", Effect.map(client.stats, (s) => s.transports[0].busy))
+      const queued = yield* Effect.forEach(range(2), (i) => Effect.forkChild(tx.send(message(1, i, 100))))
+      yield* eventually("two queued", Effect.map(client.stats, (s) => s.mux.waitingSenders === 2))
+      yield* gated[0].permit(1)
+      yield* eventually("the batch taken", Effect.map(client.stats, (s) => s.mux.waitingSenders === 0))
+      yield* Fiber.interrupt(queued[0])
+      yield* gated[0].open
+      yield* within("sends")(Effect.andThen(Fiber.join(first), Fiber.join(queued[1])))
+      const got = yield* rx.messages.pipe(Stream.take(3), Stream.runCollect, within("receive"))
+      assert.deepStrictEqual(got.map((m) => `${verify(m).sender}/${verify(m).seq}`), ["0/0", "1/0", "1/1"])
+      const stats = yield* client.stats
+      assert.strictEqual(stats.mux.attached, 1)
+      assert.strictEqual(stats.mux.errors, 0)
     }))
 
   it.live("a pool redials to keep its size when a connection drops", () =>

@@ -1,21 +1,38 @@
 /**
  * The engine of a KCM multiplexor: the pool of attached transports, send
- * steering, the receive queue that fans messages in to message sockets, and
- * the bounds (receive budget, partial-bytes budget, partial deadline).
+ * steering and the send queue, the receive queue that fans messages in to
+ * message sockets, and the bounds (receive budget, partial-bytes budget,
+ * partial deadline, send timeout).
  *
  * Per-message work is plain code on this object. Effect appears where a
- * fiber has to wait (a sender for a free transport, a socket for a message,
- * a reader for queue space) and at the edges (reading and writing the
- * transports). Waiters are woken through a trampoline: resuming a fiber can
- * run it at once, inside the caller, and a chain of hand-offs must not grow
- * the stack.
+ * fiber has to wait (a sender for its batch to be written, a socket for a
+ * message, a reader for queue space) and at the edges (reading and writing
+ * the transports).
+ *
+ * Sending: a sender that finds a free transport (and nobody queued ahead of
+ * it) writes its message there itself, at once. Otherwise the message joins
+ * the send queue, and the first transport to finish its write takes the
+ * head of the queue as one batch, written with one `writeAll` by that
+ * transport's writer fiber, so a busy pool makes few large writes instead
+ * of one per message. A transport has at most one write in progress, so
+ * messages are never interleaved.
+ *
+ * Waiters are woken through a trampoline: resuming a fiber can run it at
+ * once, inside the caller, and a chain of hand-offs must not grow the
+ * stack. The one exception is the writer fiber resuming the senders of the
+ * batch it has just written: it resumes them directly, while its transport
+ * still counts as writing, so that their next messages queue up for the
+ * next batch instead of each taking a write of its own; unless bytes still
+ * wait in the transport (its write backlog), behind which a write costs no
+ * system call: then it frees the transport first, and they write there at
+ * once.
  *
  * @internal
  */
 import type { NonEmptyReadonlyArray } from "effect/Array"
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
-import type * as Context from "effect/Context"
+import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -40,6 +57,7 @@ import {
 import type { KcmEvent } from "../KcmEvent.ts"
 import { metrics, type MuxStats, type Snapshot, type TransportStats } from "../KcmStats.ts"
 import type * as MessageSocket from "../MessageSocket.ts"
+import { frameBatch, Pending, SendQueue, sizeOf, WAITING } from "./sendQueue.ts"
 
 /** @internal */
 export type Policy = "round-robin" | "least-pending"
@@ -60,6 +78,7 @@ const GONE = 2
 
 const EMPTY = new Uint8Array(0)
 const EMPTY_LIST: ReadonlyArray<Uint8Array> = []
+const NO_BATCH: Array<Pending> = []
 
 /** Sends between two updates of the send Metrics. */
 const METRIC_BATCH = 256
@@ -86,13 +105,25 @@ class Trampoline {
   }
 }
 
+/** Who saw a transport fail: its reader, its writer fiber, or anyone else (a sender, a sweep, close). */
+type Witness = "reader" | "writer" | "other"
+
 /** One attached transport (KCM's psock). @internal */
 export class Psock {
   state = ACTIVE
-  busy = false
-  /** The messages of the write in progress, reported if the transport fails under it. */
-  inflight: ReadonlyArray<Uint8Array> = EMPTY_LIST
-  fiber: Fiber.Fiber<void> | undefined = undefined
+  /** A write is in progress (a sender's own, or a batch), or a batch is about to be written. */
+  writing = false
+  /** The messages of a sender's own write in progress, reported if the transport fails under it. */
+  direct: ReadonlyArray<Uint8Array> | undefined = undefined
+  directBytes = 0
+  /** The batch the writer fiber writes next or is writing. */
+  batch: Array<Pending> = NO_BATCH
+  /** Whether `writeAll` has been called for `batch`: before that, it can go back to the queue. */
+  batchStarted = false
+  readerFiber: Fiber.Fiber<void> | undefined = undefined
+  writerFiber: Fiber.Fiber<void> | undefined = undefined
+  /** Resumes the writer fiber while it waits for a batch. */
+  writerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
   /** Partial bytes this transport has reported to the pool's budget. */
   reportedPartial = 0
   partialSince = 0
@@ -103,7 +134,7 @@ export class Psock {
   txMessages = 0
   txBytes = 0
   ready = 0
-  /** Woken when the transport stops being busy (a detach waits for this). */
+  /** Woken when the transport stops writing (a detach waits for this). */
   idleWaker: Waker | undefined = undefined
   /** Woken when the transport leaves the pool. */
   goneWakers: Array<Waker> = []
@@ -115,6 +146,8 @@ export class Psock {
   readonly writer: Socket.Writer
   /** The scope of a connection the multiplexor dialled or accepted itself: closed when it leaves. */
   readonly owned: Scope.Closeable | undefined
+  /** Built once per transport, so that a write allocates no handlers. */
+  readonly handlers: TransportHandlers
   constructor(
     id: number,
     label: string,
@@ -122,7 +155,8 @@ export class Psock {
     reader: Socket.Reader,
     writer: Socket.Writer,
     delineation: Delineation.Delineation,
-    owned: Scope.Closeable | undefined
+    owned: Scope.Closeable | undefined,
+    mux: Multiplexor
   ) {
     this.id = id
     this.label = label
@@ -131,12 +165,44 @@ export class Psock {
     this.writer = writer
     this.owned = owned
     this.decoder = delineation.decoder()
+    this.handlers = new TransportHandlers(mux, this)
   }
 }
 
-interface SendWaiter {
-  resume: (effect: Effect.Effect<Psock, KcmError>) => void
-  granted: Psock | undefined
+/** The continuations of one transport's writes, and the writer fiber's wait and wake-up. */
+class TransportHandlers {
+  readonly onDirect: {
+    readonly onSuccess: (_: void) => Effect.Effect<void, KcmError>
+    readonly onFailure: (cause: Cause.Cause<Socket.SocketError>) => Effect.Effect<void, KcmError>
+  }
+  readonly onDirectExit: (exit: Exit.Exit<void, Socket.SocketError>) => Effect.Effect<void>
+  readonly onBatchExit: (exit: Exit.Exit<void, Socket.SocketError>) => Effect.Effect<void>
+  readonly awaitBatch: Effect.Effect<void>
+  readonly wakeWriter: Waker
+  constructor(mux: Multiplexor, p: Psock) {
+    this.onDirect = {
+      onSuccess: () => mux.directWritten(p),
+      onFailure: (cause) => mux.directFailed(p, cause)
+    }
+    this.onDirectExit = (exit) =>
+      Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)
+        ? mux.fail(p, { _tag: "SendInterrupted" }, p.direct ?? EMPTY_LIST, "other")
+        : Effect.void
+    this.onBatchExit = (exit) => {
+      if (Exit.isFailure(exit) && Cause.hasInterrupts(exit.cause)) mux.batchInterrupted(p)
+      return Effect.void
+    }
+    this.awaitBatch = Effect.callback<void>((resume) => {
+      if (p.batch.length > 0 || p.state === GONE) return resume(Effect.void)
+      p.writerWake = resume
+    })
+    this.wakeWriter = () => {
+      const wake = p.writerWake
+      if (wake === undefined) return
+      p.writerWake = undefined
+      wake(Effect.void)
+    }
+  }
 }
 
 interface ConsumerWaiter {
@@ -180,6 +246,15 @@ const kcmError = (reason: KcmError["reason"]) => new KcmError({ reason })
 const muxClosed = kcmError(new MuxClosed())
 const closedFailure = Effect.fail(muxClosed)
 
+/** The messages of a batch, in order. */
+const messagesOf = (batch: ReadonlyArray<Pending>): ReadonlyArray<Uint8Array> => {
+  const out: Array<Uint8Array> = []
+  for (let i = 0; i < batch.length; i++) batch[i].messagesInto(out)
+  return out
+}
+
+const unframeable = (detail: string) => Effect.fail(kcmError(new Unframeable({ detail })))
+
 /** The close code sent when the pool drops a transport whose byte stream is unusable. */
 const CLOSE_PROTOCOL_ERROR = 1002
 
@@ -190,8 +265,9 @@ export class Multiplexor {
   private nextSocketId = 1
   readonly active: Array<Psock> = []
   private cursor = 0
-  private readonly senders: Array<SendWaiter> = []
-  private sendersHead = 0
+  private readonly queue = new SendQueue()
+  /** Resumes the send-timeout fiber while the queue is empty. */
+  private timerWake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
   // The receive queue: messages and the transport each came from.
   private rxMsg: Array<Uint8Array> = []
   private rxFrom: Array<Psock | undefined> = []
@@ -224,6 +300,7 @@ export class Multiplexor {
   readonly scope: Scope.Scope
   readonly events: PubSub.PubSub<KcmEvent>
   private readonly context: Context.Context<never>
+  private readonly clock: Clock.Clock
   constructor(
     options: ResolvedOptions,
     scope: Scope.Scope,
@@ -234,6 +311,7 @@ export class Multiplexor {
     this.scope = scope
     this.events = events
     this.context = context
+    this.clock = Context.get(context, Clock.Clock)
   }
 
   // -------------------------------------------------------------------------
@@ -252,25 +330,27 @@ export class Multiplexor {
       const writer = yield* socket.writer
       if (this.closed) return yield* closedFailure
       const id = this.nextPsockId++
-      const p = new Psock(id, label ?? `transport-${id}`, socket, reader, writer, this.options.delineation, owned)
+      const p = new Psock(id, label ?? `transport-${id}`, socket, reader, writer, this.options.delineation, owned, this)
       this.active.push(p)
       this.attaches++
       metrics.attached.modifyUnsafe(1, this.context)
-      p.fiber = yield* Effect.forkIn(this.readLoop(p), this.scope)
+      p.readerFiber = yield* Effect.forkIn(this.readLoop(p), this.scope)
+      p.writerFiber = yield* Effect.forkIn(this.writeLoop(p), this.scope)
       if (owned === undefined) {
         const scope = yield* Effect.scope
         // The scope closing takes the reader and writer with it: no waiting for a write the peer may never read.
         yield* Scope.addFinalizer(scope, Effect.asVoid(this.detach(p, false)))
       }
       PubSub.publishUnsafe(this.events, { _tag: "Attached", id, label: p.label })
-      this.release(p)
+      // Senders may be queued, waiting for a transport.
+      this.dispatch()
       return p
     })
   }
 
   /**
    * Takes a transport out of the pool on request: it stops being chosen for
-   * sends, waits for a message being written on it, stops reading, and hands
+   * sends, waits for a write in progress on it, stops reading, and hands
    * back the bytes of a partly received message.
    */
   detach(p: Psock, waitForWrite = true): Effect.Effect<DetachedTransport> {
@@ -281,19 +361,20 @@ export class Multiplexor {
       }
       p.state = DETACHING
       this.removeActive(p)
-      if (p.busy && waitForWrite) {
+      if (p.writing && waitForWrite) {
         yield* Effect.callback<void>((resume) => {
-          if (!p.busy) return resume(Effect.void)
+          if (!p.writing) return resume(Effect.void)
           p.idleWaker = () => resume(Effect.void)
         })
       }
       // A failure while we waited has already taken it out.
       if (p.state === GONE) return handBack(p, EMPTY)
-      if (p.fiber !== undefined) yield* Fiber.interrupt(p.fiber)
+      if (p.readerFiber !== undefined) yield* Fiber.interrupt(p.readerFiber)
       const pending = p.decoder.takePending()
       // Not waiting (the attaching scope is closing, and the connection with it): a write still
       // in progress may be cut off, so it is reported.
-      this.finish(p, { _tag: "Requested" }, p.busy ? p.inflight : EMPTY_LIST, 0)
+      this.finish(p, { _tag: "Requested" }, this.inflightOf(p), 0)
+      if (p.writerFiber !== undefined) yield* Fiber.interrupt(p.writerFiber)
       if (p.owned !== undefined) yield* Scope.close(p.owned, Exit.void)
       return handBack(p, pending)
     })
@@ -314,29 +395,38 @@ export class Multiplexor {
 
   /**
    * Drops a failed transport. It leaves the pool at the call, before anything
-   * else can pick it; the Effect returned stops its reader, resets its
-   * connection when the byte stream is unusable, and closes what the
-   * multiplexor owns of it. Call it where the failure is seen, at run time.
+   * else can pick it; the Effect returned stops its reader and writer fibers
+   * (except the one that saw the failure), resets its connection when the
+   * byte stream is unusable, and closes what the multiplexor owns of it.
+   * Call it where the failure is seen, at run time.
    */
   fail(
     p: Psock,
     reason: DetachReason,
     failedMessages: ReadonlyArray<Uint8Array>,
-    fromReader: boolean
+    witness: Witness
   ): Effect.Effect<void> {
     if (p.state === GONE) return Effect.void
     if (p.state === ACTIVE) this.removeActive(p)
-    // A failure seen first by the reader still cuts off the write in progress.
-    this.finish(p, reason, failedMessages.length === 0 && p.busy ? p.inflight : failedMessages, p.decoder.buffered)
+    // A failure seen elsewhere still cuts off the write in progress.
+    this.finish(p, reason, failedMessages.length === 0 ? this.inflightOf(p) : failedMessages, p.decoder.buffered)
     const effects: Array<Effect.Effect<void>> = []
-    if (!fromReader && p.fiber !== undefined) effects.push(Fiber.interrupt(p.fiber))
+    if (witness !== "reader" && p.readerFiber !== undefined) effects.push(Fiber.interrupt(p.readerFiber))
+    if (witness !== "writer" && p.writerFiber !== undefined) effects.push(Fiber.interrupt(p.writerFiber))
     if (reason._tag === "PeerClosed") {
       effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(Transport.CLOSE_NORMAL))))
     } else if (reason._tag !== "TransportFailed" && reason._tag !== "MuxClosed") {
       effects.push(Effect.ignore(p.writer.write(new Socket.CloseEvent(CLOSE_PROTOCOL_ERROR, describeDetach(reason)))))
     }
     if (p.owned !== undefined) effects.push(Scope.close(p.owned, Exit.void))
-    return effects.length === 0 ? Effect.void : Effect.forEach(effects, (e) => e, { discard: true })
+    return Effect.forEach(effects, (e) => e, { discard: true })
+  }
+
+  /** The messages of the write in progress on `p`, if any. */
+  private inflightOf(p: Psock): ReadonlyArray<Uint8Array> {
+    if (!p.writing) return EMPTY_LIST
+    if (p.direct !== undefined) return p.direct
+    return p.batchStarted ? messagesOf(p.batch) : EMPTY_LIST
   }
 
   private finish(p: Psock, reason: DetachReason, failedMessages: ReadonlyArray<Uint8Array>, lost: number): void {
@@ -361,6 +451,12 @@ export class Multiplexor {
       }
     }
     p.paused = false
+    // A batch taken from the queue but not written yet was never started: it goes back, for another transport.
+    if (p.batch.length > 0 && !p.batchStarted) {
+      const batch = p.batch
+      p.batch = NO_BATCH
+      this.requeue(batch)
+    }
     PubSub.publishUnsafe(this.events, {
       _tag: "Detached",
       id: p.id,
@@ -376,6 +472,7 @@ export class Multiplexor {
       p.idleWaker = undefined
       this.trampoline.run(waker)
     }
+    this.trampoline.run(p.handlers.wakeWriter)
   }
 
   private removeActive(p: Psock): void {
@@ -393,12 +490,13 @@ export class Multiplexor {
     const n = active.length
     if (n === 0) return undefined
     if (this.options.policy === "round-robin") {
+      let k = this.cursor >= n ? 0 : this.cursor
       for (let i = 0; i < n; i++) {
-        const k = (this.cursor + i) % n
         const p = active[k]
-        if (!p.busy) {
-          this.cursor = k + 1
-          p.busy = true
+        k = k + 1 === n ? 0 : k + 1
+        if (!p.writing) {
+          this.cursor = k
+          p.writing = true
           return p
         }
       }
@@ -408,7 +506,7 @@ export class Multiplexor {
     let bestBacklog = Infinity
     for (let i = 0; i < n; i++) {
       const p = active[(this.cursor + i) % n]
-      if (p.busy) continue
+      if (p.writing) continue
       const backlog = Transport.writeBacklog(p.socket) ?? 0
       if (backlog < bestBacklog) {
         best = p
@@ -418,112 +516,249 @@ export class Multiplexor {
     }
     if (best !== undefined) {
       this.cursor = (active.indexOf(best) + 1) % n
-      best.busy = true
+      best.writing = true
     }
     return best
   }
 
-  /** Frees a transport, or hands it straight to the longest-waiting sender. */
-  private release(p: Psock): void {
-    if (p.state !== ACTIVE) {
-      p.busy = false
-      if (p.idleWaker !== undefined) {
-        const waker = p.idleWaker
-        p.idleWaker = undefined
-        this.trampoline.run(waker)
-      }
-      return
+  /** Gives queued senders to free transports. */
+  private dispatch(): void {
+    while (this.queue.waiting > 0 && !this.closed) {
+      const p = this.reserve()
+      if (p === undefined) return
+      this.startBatch(p)
     }
-    if (this.sendersHead < this.senders.length) {
-      const w = this.senders[this.sendersHead]
-      this.senders[this.sendersHead++] = undefined as unknown as SendWaiter
-      if (this.sendersHead > 1024 && this.sendersHead * 2 > this.senders.length) {
-        this.senders.splice(0, this.sendersHead)
-        this.sendersHead = 0
-      }
-      p.busy = true
-      w.granted = p
-      this.trampoline.run(() => w.resume(Effect.succeed(p)))
-      return
-    }
-    p.busy = false
   }
 
-  private readonly waitForTransport: Effect.Effect<Psock, KcmError> = Effect.callback<Psock, KcmError>((resume) => {
-    const w: SendWaiter = { resume, granted: undefined }
-    this.senders.push(w)
-    this.sendWaits++
-    return Effect.sync(() => {
-      const i = this.senders.indexOf(w, this.sendersHead)
-      if (i >= 0) this.senders.splice(i, 1)
-      // Granted but never used (the sender gave up at that moment): pass it on.
-      if (w.granted !== undefined) this.release(w.granted)
-    })
-  })
-
-  private readonly acquire: Effect.Effect<Psock, KcmError> = Effect.suspend(() => {
-    if (this.closed) return closedFailure
-    const p = this.reserve()
-    if (p !== undefined) return Effect.succeed(p)
-    const timeout = this.options.sendTimeoutMillis
-    if (timeout === undefined) return this.waitForTransport
-    return Effect.timeoutOrElse(this.waitForTransport, {
-      duration: Duration.millis(timeout),
-      orElse: () =>
-        Effect.suspend(() => {
-          this.sendTimeouts++
-          return Effect.fail(kcmError(new SendTimeout({ timeoutMillis: timeout, attached: this.active.length })))
-        })
-    })
-  })
-
-  /** Writes framed messages atomically on one free transport. */
-  private writeFramed(
-    frames: NonEmptyReadonlyArray<Uint8Array>,
-    messages: ReadonlyArray<Uint8Array>,
-    bytes: number
-  ): Effect.Effect<void, KcmError> {
-    return Effect.suspend(() => {
-      // Fast path: a free transport now, and nobody waiting ahead of us.
-      const p = this.closed || this.sendersHead < this.senders.length ? undefined : this.reserve()
-      if (p !== undefined) return this.writeOn(p, frames, messages, bytes)
-      return Effect.flatMap(this.acquire, (p) => this.writeOn(p, frames, messages, bytes))
-    })
+  /** Puts a batch that was never written back at the head of the queue (or fails it, once closed). */
+  private requeue(batch: ReadonlyArray<Pending>): void {
+    if (this.closed) {
+      for (let i = 0; i < batch.length; i++) this.trampoline.run(() => batch[i].settle(closedFailure))
+      return
+    }
+    this.queue.requeue(batch)
+    this.dispatch()
   }
 
-  private writeOn(
+  /** Hands the head of the queue to `p` (reserved) and wakes its writer. */
+  private startBatch(p: Psock): void {
+    p.batch = this.queue.takeBatch(this.options.maxBatchBytes)
+    p.batchStarted = false
+    if (p.writerWake !== undefined) this.trampoline.run(p.handlers.wakeWriter)
+  }
+
+  /** A write on `p` is done: the transport takes the next batch, or becomes free. */
+  private writeDone(p: Psock): void {
+    if (p.state === ACTIVE && this.queue.waiting > 0 && !this.closed) return this.startBatch(p)
+    p.writing = false
+    if (p.idleWaker !== undefined) {
+      const waker = p.idleWaker
+      p.idleWaker = undefined
+      this.trampoline.run(waker)
+    }
+  }
+
+  private countTx(p: Psock, messages: number, bytes: number): void {
+    p.txMessages += messages
+    p.txBytes += bytes
+    this.txMessages += messages
+    this.txBytes += bytes
+    if (this.txMessages - this.reportedTxMessages >= METRIC_BATCH) this.reportTx()
+  }
+
+  /** A sender writes on the transport it reserved, in its own fiber. */
+  private writeDirect(
     p: Psock,
     frames: NonEmptyReadonlyArray<Uint8Array>,
     messages: ReadonlyArray<Uint8Array>,
     bytes: number
   ): Effect.Effect<void, KcmError> {
-    p.inflight = messages
-    return p.writer.writeAll(frames).pipe(
-      Effect.onInterrupt(() => this.fail(p, { _tag: "SendInterrupted" }, messages, false)),
-      Effect.matchEffect({
-        onSuccess: () => {
-          p.inflight = EMPTY_LIST
-          p.txMessages += messages.length
-          p.txBytes += bytes
-          this.txMessages += messages.length
-          this.txBytes += bytes
-          if (this.txMessages - this.reportedTxMessages >= METRIC_BATCH) this.reportTx()
-          this.release(p)
-          return Effect.void
-        },
-        onFailure: (error) => {
-          p.inflight = EMPTY_LIST
-          this.sendFailures++
-          // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
-          const dropped = this.fail(p, { _tag: "TransportFailed", error }, messages, false)
-          this.release(p)
-          return Effect.andThen(
-            dropped,
-            Effect.fail(kcmError(new MessageCutOff({ transportId: p.id, detail: error.message })))
-          )
+    p.direct = messages
+    p.directBytes = bytes
+    const h = p.handlers
+    return Effect.matchCauseEffect(Effect.onExit(p.writer.writeAll(frames), h.onDirectExit), h.onDirect)
+  }
+
+  /** @internal */
+  directWritten(p: Psock): Effect.Effect<void> {
+    this.countTx(p, p.direct!.length, p.directBytes)
+    p.direct = undefined
+    this.writeDone(p)
+    return Effect.void
+  }
+
+  /** @internal */
+  directFailed(p: Psock, cause: Cause.Cause<Socket.SocketError>): Effect.Effect<void, KcmError> {
+    const messages = p.direct ?? EMPTY_LIST
+    p.direct = undefined
+    this.sendFailures++
+    const error = socketErrorOf(cause)
+    // Out of the pool before it is freed, so that no waiting sender is handed a dead transport.
+    const dropped = this.fail(p, { _tag: "TransportFailed", error }, messages, "other")
+    this.writeDone(p)
+    const cutOff = kcmError(new MessageCutOff({ transportId: p.id, detail: error.message }))
+    return Effect.andThen(dropped, Effect.fail(cutOff))
+  }
+
+  /** The writer fiber of `p`: writes the batches the queue hands it, one `writeAll` each. */
+  private writeLoop(p: Psock): Effect.Effect<void> {
+    const self = this
+    const h = p.handlers
+    return Effect.gen(function*() {
+      while (true) {
+        yield* h.awaitBatch
+        if (p.state === GONE) return
+        const batch = p.batch
+        if (batch.length === 0) continue
+        if (p.state !== ACTIVE) {
+          // Detaching: the batch was never started, so the others take it.
+          p.batch = NO_BATCH
+          self.writeDone(p)
+          self.requeue(batch)
+          continue
         }
-      })
+        const chunks = frameBatch(batch, self.options.delineation, unframeable)
+        if (chunks === undefined) {
+          p.batch = NO_BATCH
+          self.writeDone(p)
+          continue
+        }
+        p.batchStarted = true
+        const exit = yield* Effect.exit(Effect.onExit(p.writer.writeAll(chunks), h.onBatchExit))
+        p.batch = NO_BATCH
+        p.batchStarted = false
+        if (Exit.isSuccess(exit)) {
+          let messages = 0
+          let bytes = 0
+          for (let i = 0; i < batch.length; i++) {
+            messages += batch[i].count
+            bytes += batch[i].bytes
+          }
+          self.countTx(p, messages, bytes)
+          // Resumed directly. While `p` still counts as writing, their next sends queue for the next
+          // batch; but with bytes still waiting in the transport a write is only appended behind them
+          // (no system call), so then `p` is freed first and they write there at once.
+          const release = self.queue.waiting === 0 && p.state === ACTIVE &&
+            (Transport.writeBacklog(p.socket) ?? 0) > 0
+          if (release) p.writing = false
+          for (let i = 0; i < batch.length; i++) batch[i].settle(Effect.void)
+          if (!release) self.writeDone(p)
+          continue
+        }
+        const error = socketErrorOf(exit.cause)
+        self.sendFailures += batch.length
+        const dropped = self.fail(p, { _tag: "TransportFailed", error }, messagesOf(batch), "writer")
+        const cutOff = Effect.fail(kcmError(new MessageCutOff({ transportId: p.id, detail: error.message })))
+        for (let i = 0; i < batch.length; i++) self.trampoline.run(() => batch[i].settle(cutOff))
+        self.writeDone(p)
+        return yield* dropped
+      }
+    })
+  }
+
+  /** @internal The writer fiber was stopped mid-write (the transport left the pool): the batch is cut off. */
+  batchInterrupted(p: Psock): void {
+    const batch = p.batch
+    const cutOff = Effect.fail(
+      kcmError(new MessageCutOff({ transportId: p.id, detail: "the transport left the pool during the write" }))
     )
+    this.sendFailures += batch.length
+    for (let i = 0; i < batch.length; i++) this.trampoline.run(() => batch[i].settle(cutOff))
+  }
+
+  /** Puts a send in the queue, to wait for a transport. */
+  private enqueue(entry: Pending): Effect.Effect<void, KcmError> {
+    return Effect.callback<void, KcmError>((resume) => {
+      entry.resume = resume
+      this.queue.push(entry)
+      this.sendWaits++
+      if (this.timerWake !== undefined) {
+        const wake = this.timerWake
+        this.timerWake = undefined
+        this.trampoline.run(() => wake(Effect.void))
+      }
+      return Effect.sync(() => {
+        // Waiting: it leaves the queue. Started: the write goes on without this sender.
+        if (entry.state === WAITING) this.queue.cancel(entry)
+        else entry.resume = undefined
+      })
+    })
+  }
+
+  private deadline(): number {
+    const timeout = this.options.sendTimeoutMillis
+    return timeout === undefined ? Infinity : this.clock.currentTimeMillisUnsafe() + timeout
+  }
+
+  /** Sends one message: framed and written at once on a free transport, or queued and framed with its batch. */
+  send(message: Uint8Array, sock?: SocketState): Effect.Effect<void, KcmError> {
+    return Effect.suspend(() => {
+      if (this.closed || sock?.closed === true) return closedFailure
+      // Nobody queued ahead of us (otherwise every transport is writing anyway).
+      const p = this.queue.waiting === 0 ? this.reserve() : undefined
+      if (p === undefined) {
+        const size = message.length
+        return this.enqueue(new Pending(message, undefined, undefined, size, size, this.deadline()))
+      }
+      const frames = this.options.delineation.encode([message])
+      if (frames instanceof DelineationError.DelineationError) {
+        this.writeDone(p)
+        return unframeable(frames.message)
+      }
+      return this.writeDirect(p, frames, [message], message.length)
+    })
+  }
+
+  /** Sends a run of messages framed together. */
+  private sendRun(
+    frames: NonEmptyReadonlyArray<Uint8Array>,
+    run: ReadonlyArray<Uint8Array>,
+    bytes: number
+  ): Effect.Effect<void, KcmError> {
+    const p = this.queue.waiting === 0 ? this.reserve() : undefined
+    if (p !== undefined) return this.writeDirect(p, frames, run, bytes)
+    return this.enqueue(new Pending(undefined, frames, run, bytes, sizeOf(frames), this.deadline()))
+  }
+
+  /**
+   * Fails queued sends whose send timeout has passed; runs for as long as
+   * the multiplexor, sleeping until the oldest waiting send's deadline.
+   */
+  sendDeadlines(timeoutMillis: number): Effect.Effect<void> {
+    const self = this
+    const awaitWaiting = Effect.callback<void>((resume) => {
+      if (self.queue.waiting > 0) return resume(Effect.void)
+      self.timerWake = resume
+      return Effect.sync(() => {
+        self.timerWake = undefined
+      })
+    })
+    return Effect.gen(function*() {
+      while (!self.closed) {
+        const head = self.queue.first()
+        if (head === undefined) {
+          yield* awaitWaiting
+          continue
+        }
+        const now = self.clock.currentTimeMillisUnsafe()
+        if (head.deadline > now) {
+          yield* Effect.sleep(Duration.millis(head.deadline - now))
+          continue
+        }
+        // Deadlines grow along the queue: expire from the head.
+        let entry: Pending | undefined = head
+        while (entry !== undefined && entry.deadline <= now) {
+          const resume = entry.resume
+          self.queue.cancel(entry)
+          self.sendTimeouts++
+          if (resume !== undefined) {
+            const failure = Effect.fail(kcmError(new SendTimeout({ timeoutMillis, attached: self.active.length })))
+            self.trampoline.run(() => resume(failure))
+          }
+          entry = self.queue.first()
+        }
+      }
+    })
   }
 
   private reportedTxMessages = 0
@@ -535,17 +770,6 @@ export class Multiplexor {
     metrics.txBytes.modifyUnsafe(this.txBytes - this.reportedTxBytes, this.context)
     this.reportedTxMessages = this.txMessages
     this.reportedTxBytes = this.txBytes
-  }
-
-  send(message: Uint8Array): Effect.Effect<void, KcmError> {
-    return Effect.suspend(() => {
-      if (this.closed) return closedFailure
-      const frames = this.options.delineation.encode([message])
-      if (frames instanceof DelineationError.DelineationError) {
-        return Effect.fail(kcmError(new Unframeable({ detail: frames.message })))
-      }
-      return this.writeFramed(frames, [message], message.length)
-    })
   }
 
   /** Sends a batch as runs of at most `maxBatchBytes`, one coalesced write each. */
@@ -573,8 +797,10 @@ export class Multiplexor {
         }
         bytes += size
       }
-      if (runs.length === 1) return this.writeFramed(runs[0].frames, runs[0].messages, runs[0].bytes)
-      return Effect.forEach(runs, (run) => this.writeFramed(run.frames, run.messages, run.bytes), { discard: true })
+      if (runs.length === 1) return this.sendRun(runs[0].frames, runs[0].messages, runs[0].bytes)
+      return Effect.forEach(runs, (run) => Effect.suspend(() => this.sendRun(run.frames, run.messages, run.bytes)), {
+        discard: true
+      })
     })
   }
 
@@ -601,10 +827,10 @@ export class Multiplexor {
               p,
               truncated === undefined ? { _tag: "PeerClosed" } : { _tag: "Delineation", error: truncated },
               [],
-              true
+              "reader"
             )
           }
-          return yield* self.fail(p, { _tag: "TransportFailed", error }, [], true)
+          return yield* self.fail(p, { _tag: "TransportFailed", error }, [], "reader")
         }
         const chunks = result.success
         const wasPartial = decoder.partial
@@ -619,7 +845,7 @@ export class Multiplexor {
           self.deliver(p, out)
           out.length = 0
         }
-        if (failure !== undefined) return yield* self.fail(p, { _tag: "Delineation", error: failure }, [], true)
+        if (failure !== undefined) return yield* self.fail(p, { _tag: "Delineation", error: failure }, [], "reader")
         const buffered = decoder.buffered
         if (buffered !== p.reportedPartial) {
           self.partialTotal += buffered - p.reportedPartial
@@ -630,7 +856,7 @@ export class Multiplexor {
               p,
               { _tag: "PartialBudget", buffered: total, budget: self.options.partialBudget },
               [],
-              true
+              "reader"
             )
           }
         }
@@ -837,7 +1063,7 @@ export class Multiplexor {
           error: new DelineationError.DelineationError({
             reason: new DelineationError.PartialMessageTimeout({ buffered: p.decoder.buffered, timeoutMillis })
           })
-        }, [], false), { discard: true })
+        }, [], "other"), { discard: true })
     })
   }
 
@@ -846,17 +1072,19 @@ export class Multiplexor {
     return Effect.suspend(() => {
       if (this.closed) return Effect.void
       this.closed = true
-      const senders = this.senders.splice(this.sendersHead)
-      this.senders.length = 0
-      this.sendersHead = 0
-      for (const w of senders) this.trampoline.run(() => w.resume(closedFailure))
+      for (const entry of this.queue.takeAll()) this.trampoline.run(() => entry.settle(closedFailure))
+      if (this.timerWake !== undefined) {
+        const wake = this.timerWake
+        this.timerWake = undefined
+        this.trampoline.run(() => wake(Effect.void))
+      }
       for (const sock of [...this.sockets]) this.closeSocket(sock)
       const consumers = this.consumers.splice(0, this.consumers.length)
       for (const w of consumers) this.trampoline.run(() => w.resume(Cause.done()))
       const wakers = this.closedWakers.splice(0, this.closedWakers.length)
       for (const waker of wakers) this.trampoline.run(waker)
       const transports = [...this.active]
-      return Effect.forEach(transports, (p) => this.fail(p, { _tag: "MuxClosed" }, [], false), { discard: true })
+      return Effect.forEach(transports, (p) => this.fail(p, { _tag: "MuxClosed" }, [], "other"), { discard: true })
     })
   }
 
@@ -887,7 +1115,7 @@ export class Multiplexor {
       paused: p.paused,
       pauses: p.pauses,
       partialBytes: p.decoder.buffered,
-      busy: p.busy
+      busy: p.writing
     }
   }
 
@@ -913,7 +1141,7 @@ export class Multiplexor {
       sendWaits: this.sendWaits,
       sendTimeouts: this.sendTimeouts,
       sendFailures: this.sendFailures,
-      waitingSenders: this.senders.length - this.sendersHead,
+      waitingSenders: this.queue.waiting,
       dialFailures: this.dialFailures
     }
     return { mux, transports: this.active.map((p) => this.transportStats(p)) }
@@ -923,7 +1151,7 @@ export class Multiplexor {
   makeSocket(sock: SocketState, batch: MessageSocket.Options["batch"]): MessageSocket.MessageSocket {
     const pull = this.pull(sock)
     const base = batch === undefined
-      ? { send: (message: Uint8Array) => this.guard(sock, this.send(message)), flush: Effect.void }
+      ? { send: (message: Uint8Array) => this.send(message, sock), flush: Effect.void }
       : this.batcher(sock, batch)
     const transport = MessageTransport.make<KcmError>({
       send: base.send,
@@ -999,3 +1227,10 @@ export class Multiplexor {
   }
 }
 
+
+/** The socket error of a failed write; a defect is reported as a write error. */
+const socketErrorOf = (cause: Cause.Cause<Socket.SocketError>): Socket.SocketError => {
+  const error = Cause.findError(cause)
+  if (Result.isSuccess(error)) return error.success
+  return new Socket.SocketError({ reason: new Socket.SocketWriteError({ cause: Cause.squash(cause) }) })
+}
