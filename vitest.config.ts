@@ -17,7 +17,8 @@ export default defineConfig({
       pkg("transport-ws"),
       pkg("kcm"),
       pkg("rpc"),
-      { extends: true, test: { name: "bench", root: "./bench", include: ["test/**/*.test.ts"] } }
+      { extends: true, test: { name: "bench", root: "./bench", include: ["test/**/*.test.ts"] } },
+      { extends: true, test: { name: "examples", root: "./examples", include: ["*/test/**/*.test.ts"] } }
     ]
   }
 })

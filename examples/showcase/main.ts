@@ -18,6 +18,12 @@
  * a gateway; 50 WebSocket clients of an edge gateway subscribe to it, and
  * the feed crosses the gateway↔edge WebSocket once. Prints the feed,
  * long-haul and delivered byte counts.
+ *
+ * Part 5, RPC microservices (examples/rpc-microservices): Inventory and
+ * Orders call each other over RpcSession on TCP, a page calls the
+ * Storefront over WebSocket (RpcChannels): a checkout, typed errors two
+ * hops away, a stock stream, a deadline that cancels the call behind it,
+ * and a graceful drain.
  */
 import { Delineation, MessageTransport, MuxStream, Session } from "@plexus/core"
 import { Kcm } from "@plexus/kcm"
@@ -30,6 +36,7 @@ import * as Layer from "effect/Layer"
 import * as Socket from "effect/socket/Socket"
 import * as Stream from "effect/Stream"
 import { gatewayDemo } from "../gateway/demo.ts"
+import { microservicesDemo } from "../rpc-microservices/demo.ts"
 
 const text = new TextEncoder()
 const decode = new TextDecoder()
@@ -233,6 +240,8 @@ const program = Effect.gen(function*() {
   yield* Effect.scoped(kcmOverTcp).pipe(Effect.timeout("10 seconds"))
   yield* Console.log("── 4. fanout: a gateway, an edge and many WebSocket clients ──")
   yield* Effect.scoped(gatewayDemo({ clients: 50, messages: 200 })).pipe(Effect.timeout("30 seconds"))
+  yield* Console.log("── 5. RPC microservices: services over TCP, a page over WebSocket ──")
+  yield* Effect.scoped(microservicesDemo()).pipe(Effect.timeout("30 seconds"))
   yield* Console.log("showcase done")
 })
 
