@@ -4,6 +4,8 @@
  *
  * - `session`: effect/rpc over `RpcSession.layerServer()` on
  *   `Tcp.layerServer` (a session per connection, a stream per call);
+ * - `messages`: effect/rpc over `RpcSocket.layerServer()` on
+ *   `Tcp.layerServer` (`RpcMessages`, length-prefixed on each connection);
  * - `kcm`: effect/rpc over `RpcKcm.layerServer()` on `Kcm.layerServer()`
  *   on `Tcp.layerServer` (every connection joins one multiplexor);
  * - `socket`: effect/rpc's own socket protocol
@@ -16,7 +18,7 @@
  *   `'drain'`), then ends the connection.
  *
  * Every effect/rpc server runs with `disableTracing: true`. It announces
- * `{ type: "ready", session, kcm, socket, grpc, raw }` (the ports) and
+ * `{ type: "ready", session, messages, kcm, socket, grpc, raw }` (the ports) and
  * serves until the bench goes away.
  */
 import * as Grpc from "@grpc/grpc-js"
@@ -29,7 +31,7 @@ import { RpcSerialization, RpcServer } from "effect/rpc"
 import * as SocketServer from "effect/socket/SocketServer"
 import * as Net from "node:net"
 import { Kcm } from "@plexus/kcm"
-import { RpcKcm, RpcSession } from "@plexus/rpc"
+import { RpcKcm, RpcSession, RpcSocket } from "@plexus/rpc"
 import { Tcp, TcpServer } from "@plexus/transport-tcp"
 import { announce } from "../harness/Child.ts"
 import { BenchApi, grpcService, handlers } from "./rpc-api.ts"
@@ -45,6 +47,12 @@ const plexusPorts = Effect.gen(function*() {
   const session = yield* Layer.build(
     rpcServer.pipe(
       Layer.provideMerge(RpcSession.layerServer()),
+      Layer.provideMerge(Tcp.layerServer({ host: HOST, port: 0 }))
+    )
+  )
+  const messages = yield* Layer.build(
+    rpcServer.pipe(
+      Layer.provideMerge(RpcSocket.layerServer()),
       Layer.provideMerge(Tcp.layerServer({ host: HOST, port: 0 }))
     )
   )
@@ -66,6 +74,7 @@ const plexusPorts = Effect.gen(function*() {
   if (address._tag === "UnixPathAddress") throw new Error("the socket server is not on TCP")
   return {
     session: Context.get(session, TcpServer.TcpServer).port,
+    messages: Context.get(messages, TcpServer.TcpServer).port,
     kcm: Context.get(kcm, TcpServer.TcpServer).port,
     socket: address.port
   }
@@ -117,3 +126,5 @@ const rawPort = (): Promise<number> =>
 const scope = Effect.runSync(Scope.make())
 const plexus = await Effect.runPromise(Scope.provide(plexusPorts, scope))
 announce({ type: "ready", ...plexus, grpc: await grpcPort(), raw: await rawPort() })
+// Exits (writing a `--cpu-prof` profile, when asked for one) once its parent is gone.
+process.once("disconnect", () => process.exit(0))

@@ -8,20 +8,26 @@
  *
  * - `unary-c{1,100}-vs-grpc`: `Ping` calls with a tiny payload (one
  *   number) from 1 or 100 concurrent callers, each calling again as soon
- *   as its answer arrives. Subject: `RpcSession` over one `Tcp` session,
+ *   as its answer arrives. Subject: `RpcSocket` (`RpcMessages` over one
+ *   `Tcp` connection, length-prefixed: the carrier for many small calls),
  *   schema-binary (the package's default). Baseline: `@grpc/grpc-js`, one
  *   channel, the generic client and server with identity serializers (an
  *   8-byte buffer, echoed), which pays no serialization at all. The p50 and
  *   p99 latency of both sides (median over repetitions) are printed after
  *   the row.
+ * - `unary-c{1,100}-session-vs-grpc`: the same with `RpcSession` (a
+ *   stream per call over one `Tcp` session) as the subject.
  * - `unary-c100-kcm-vs-grpc`: the same with `RpcKcm` over a KCM pool of 4
  *   TCP connections as the subject.
- * - `unary-c100-vs-effect-rpc`: the `RpcSession` subject against
+ * - `unary-c100-vs-effect-rpc`: the `RpcSocket` subject against
  *   effect/rpc's socket protocol (`RpcServer.layerProtocolSocketServer` on
  *   `NodeSocketServer`, `RpcClient.layerProtocolSocket` on
- *   `NodeSocket.layerNet`), schema-binary too.
+ *   `NodeSocket.layerNet`), schema-binary too: one TCP connection on each
+ *   side, calls told apart by request id on both.
+ * - `unary-c100-session-vs-effect-rpc`: the `RpcSession` subject against
+ *   the same baseline.
  * - `stream-256MiB`: one `Bytes` call streaming 256 MiB to the client as
- *   64 KiB `Uint8Array`s (one per Chunk message), counted and spot-checked
+ *   64 KiB `Uint8Array`s (one per CHUNK message), counted and spot-checked
  *   as they arrive. Baseline: raw `node:net`, the peer writing the same
  *   bytes in 64 KiB writes to a fresh connection.
  *
@@ -42,7 +48,7 @@ import * as Stream from "effect/Stream"
 import * as Net from "node:net"
 import { Session } from "@plexus/core"
 import { Kcm } from "@plexus/kcm"
-import { RpcMessages, RpcSession } from "@plexus/rpc"
+import { RpcMessages, RpcSession, RpcSocket } from "@plexus/rpc"
 import { Tcp } from "@plexus/transport-tcp"
 import * as Child from "../harness/Child.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
@@ -65,6 +71,7 @@ const sizes = (quick: boolean) => ({
 
 interface Ports {
   readonly session: number
+  readonly messages: number
   readonly kcm: number
   readonly socket: number
   readonly grpc: number
@@ -160,6 +167,14 @@ const sessionClient = (port: number) =>
 
 const sessionCaller = async (): Promise<Caller> => {
   const client = await sessionClient((await peerPorts()).session)
+  return { unary: effectUnary(client.value), close: client.close }
+}
+
+const messagesCaller = async (): Promise<Caller> => {
+  const port = (await peerPorts()).messages
+  const client = await scoped(effectClient(
+    Effect.map(RpcSocket.makeClient({ dial: Tcp.dial({ host: HOST, port }) }), (c) => c.protocol)
+  ))
   return { unary: effectUnary(client.value), close: client.close }
 }
 
@@ -342,15 +357,32 @@ const rows: ReadonlyArray<Row> = [
     baseline: "@grpc/grpc-js (generic client, identity serializers)",
     goal: ">= 5",
     timeoutMs: 60_000,
-    description: "unary Ping calls (tiny payload), 100 concurrent callers, RpcSession over one Tcp session vs grpc-js, server in a peer",
-    setup: unary("RpcSession", sessionCaller, grpcCaller, 100)
+    description:
+      "unary Ping calls (tiny payload), 100 concurrent callers, RpcSocket (RpcMessages over one length-prefixed Tcp connection) vs grpc-js, server in a peer",
+    setup: unary("RpcSocket", messagesCaller, grpcCaller, 100)
   },
   {
     name: "unary-c1-vs-grpc",
     unit: "calls/s",
     baseline: "@grpc/grpc-js (generic client, identity serializers)",
     timeoutMs: 60_000,
-    description: "unary Ping calls one at a time, RpcSession over one Tcp session vs grpc-js, server in a peer",
+    description: "unary Ping calls one at a time, RpcSocket over one Tcp connection vs grpc-js, server in a peer",
+    setup: unary("RpcSocket", messagesCaller, grpcCaller, 1)
+  },
+  {
+    name: "unary-c100-session-vs-grpc",
+    unit: "calls/s",
+    baseline: "@grpc/grpc-js (generic client, identity serializers)",
+    timeoutMs: 60_000,
+    description: "unary Ping calls, 100 concurrent callers, RpcSession (a stream per call) over one Tcp session vs grpc-js",
+    setup: unary("RpcSession", sessionCaller, grpcCaller, 100)
+  },
+  {
+    name: "unary-c1-session-vs-grpc",
+    unit: "calls/s",
+    baseline: "@grpc/grpc-js (generic client, identity serializers)",
+    timeoutMs: 60_000,
+    description: "unary Ping calls one at a time, RpcSession over one Tcp session vs grpc-js",
     setup: unary("RpcSession", sessionCaller, grpcCaller, 1)
   },
   {
@@ -367,7 +399,16 @@ const rows: ReadonlyArray<Row> = [
     baseline: "effect/rpc socket protocol (NodeSocket, schema-binary)",
     goal: ">= 1",
     timeoutMs: 60_000,
-    description: "unary Ping calls, 100 concurrent callers, RpcSession over Tcp vs effect/rpc's own socket protocol over TCP",
+    description:
+      "unary Ping calls, 100 concurrent callers, RpcSocket (RpcMessages, length-prefixed, one Tcp connection) vs effect/rpc's own socket protocol (one TCP connection)",
+    setup: unary("RpcSocket", messagesCaller, socketCaller, 100)
+  },
+  {
+    name: "unary-c100-session-vs-effect-rpc",
+    unit: "calls/s",
+    baseline: "effect/rpc socket protocol (NodeSocket, schema-binary)",
+    timeoutMs: 60_000,
+    description: "unary Ping calls, 100 concurrent callers, RpcSession over one Tcp session vs effect/rpc's own socket protocol",
     setup: unary("RpcSession", sessionCaller, socketCaller, 100)
   },
   {

@@ -46,7 +46,7 @@ export const makeClient = (
 ): Effect.Effect<RpcMessages.Client, never, Scope.Scope> =>
   Effect.gen(function*() {
     const socket = yield* mux.socket()
-    const client = yield* RpcMessages.makeClient(socket, options)
+    const client = yield* RpcMessages.makeClient(socket, { batchWrites: false, ...options })
     const events = yield* mux.events
     yield* Effect.forkScoped(Stream.runForEach(events, (event) =>
       event._tag === "Detached" && event.reason._tag !== "Requested" && event.reason._tag !== "MuxClosed"
@@ -83,7 +83,7 @@ export const layerServer = (
     Effect.gen(function*() {
       const mux = yield* Kcm.Kcm
       const socket = yield* mux.socket()
-      const server = yield* RpcMessages.makeServer(options)
+      const server = yield* RpcMessages.makeServer({ batchWrites: false, ...options })
       yield* Effect.forkScoped(server.serve(socket).pipe(Effect.scoped))
       return Context.make(RpcMessages.MessageServer, server).pipe(Context.add(RpcServer.Protocol, server.protocol))
     })
@@ -183,7 +183,7 @@ export const makePoolServer = (options?: PoolServerOptions): Effect.Effect<{
   readonly stats: Effect.Effect<PoolStats>
 }, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const server = yield* RpcMessages.makeServer(options)
+    const server = yield* RpcMessages.makeServer({ batchWrites: false, ...options })
     const scope = yield* Effect.scope
     const helloTimeout = Duration.fromInputUnsafe(options?.helloTimeout ?? "5 seconds")
     const pools = new Map<string, { readonly mux: Kcm.Multiplexor; readonly scope: Scope.Closeable; members: number }>()

@@ -29,12 +29,17 @@ import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import { MessageTransport } from "@plexus/core"
 import * as internalClient from "./internal/client.ts"
+import { Mailbox } from "./internal/mailbox.ts"
+import { Outbox } from "./internal/outbox.ts"
 import {
+  chunkOf,
   Codec,
   control,
   type Decoded,
   idKey,
+  joinParts,
   KIND_ABORTED,
+  KIND_CHUNK,
   KIND_DEADLINE,
   KIND_DEFECT,
   KIND_ENVELOPE,
@@ -67,6 +72,12 @@ export interface ClientOptions extends internalClient.ClientOptions {
    * Default: the error's own `retryable` field when it has one (KCM's), else no.
    */
   readonly sendRetryable?: ((error: unknown) => boolean) | undefined
+  /**
+   * Whether the messages of one turn of the event loop leave in one write.
+   * Default true; a carrier that spreads messages over connections (a KCM
+   * pool) sends each on its own.
+   */
+  readonly batchWrites?: boolean | undefined
 }
 
 /**
@@ -104,7 +115,10 @@ export interface Client {
   readonly probe: Effect.Effect<void>
 }
 
-type Inbound = Decoded<FromServerEncoded> | { readonly kind: "lost"; readonly detail: string }
+type Inbound =
+  | Decoded<FromServerEncoded>
+  | { readonly kind: "lost"; readonly detail: string }
+  | { readonly kind: "unsent"; readonly error: unknown }
 
 const defaultSendRetryable = (error: unknown): boolean =>
   typeof error === "object" && error !== null && (error as { retryable?: unknown }).retryable === true
@@ -141,6 +155,7 @@ interface LinkContext {
   readonly maxRequest: number
   readonly maxResponse: number
   readonly sendRetryable: (error: unknown) => boolean
+  readonly batchWrites: boolean
   readonly stats: { unmatched: number; malformed: number; goAways: number }
   /** Told when the carrier becomes unusable for new calls (lost, or GOAWAY). */
   readonly onRetire: (link: Link) => void
@@ -151,7 +166,8 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
   Effect.gen(function*() {
     const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ctx.ser)
     const stats = ctx.stats
-    const calls = new Map<string, Queue.Queue<Inbound>>()
+    const calls = new Map<string, Mailbox<Inbound>>()
+    const outbox = new Outbox(transport as MessageTransport.MessageTransport<unknown>, ctx.batchWrites)
     // Calls whose request left, by key, with their id: what a PROBE asks about.
     const sentCalls = new Set<string>()
     const idleWakers: Array<() => void> = []
@@ -197,7 +213,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
         stats.unmatched++
         return
       }
-      Queue.offerUnsafe(mailbox, decoded)
+      mailbox.offer(decoded)
     }
     const read: Effect.Effect<never, unknown> = Effect.flatMap(transport.pull, (batch) => {
       for (let i = 0; i < batch.length; i++) route(batch[i])
@@ -205,7 +221,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
     })
 
     const interruptOnWire = (requestId: string | number) =>
-      Effect.ignore(transport.send(codec.encode({ _tag: "Interrupt", requestId })))
+      Effect.sync(() => outbox.push(codec.encode({ _tag: "Interrupt", requestId })))
 
     const attempt: internalClient.Attempt = (request, deliver) =>
       Effect.suspend(() => {
@@ -225,11 +241,15 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
           return Effect.fail(new RpcTransportError({ reason: new NotSent({ detail: lost }), retryable: true }))
         }
         const timeout = timeoutOf(request.headers)
-        return Effect.flatMap(Queue.unbounded<Inbound>(), (mailbox) => {
-          calls.set(key, mailbox)
-          let sent = false
-          let finished = false
-          const loop: Effect.Effect<void, RpcTransportError> = Effect.flatMap(Queue.take(mailbox), (inbound) => {
+        const mailbox = new Mailbox<Inbound>()
+        calls.set(key, mailbox)
+        sentCalls.add(key)
+        // The request leaves with the turn's other messages; a failed write
+        // comes back through the mailbox.
+        outbox.push(bytes, (error) => mailbox.offer({ kind: "unsent", error }))
+        let unsent = false
+        let finished = false
+        const loop: Effect.Effect<void, RpcTransportError> = Effect.flatMap(mailbox.take, (inbound) => {
             switch (inbound.kind) {
               case KIND_ENVELOPE: {
                 const envelope = inbound.message
@@ -240,6 +260,8 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
                 }
                 return loop
               }
+              case KIND_CHUNK:
+                return Effect.andThen(deliver(chunkOf(request.id, inbound.tail)), loop)
               case KIND_DEFECT: {
                 finished = true
                 const defect = codec.decodeTail(inbound.tail)
@@ -263,6 +285,19 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
                 return Effect.fail(
                   new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
                 )
+              case "unsent": {
+                unsent = true
+                const error = inbound.error
+                const retryable = ctx.sendRetryable(error)
+                return Effect.fail(
+                  new RpcTransportError({
+                    reason: retryable
+                      ? new NotSent({ detail: String(error), cause: error })
+                      : new ConnectionLost({ detail: String(error), cause: error }),
+                    retryable
+                  })
+                )
+              }
               case "lost":
                 return Effect.fail(
                   new RpcTransportError({ reason: new ConnectionLost({ detail: inbound.detail }), retryable: false })
@@ -280,30 +315,13 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
                 return loop
             }
           })
-          const run = Effect.andThen(
-            Effect.mapError(transport.send(bytes), (error) => {
-              const retryable = ctx.sendRetryable(error)
-              return new RpcTransportError({
-                reason: retryable
-                  ? new NotSent({ detail: String(error), cause: error })
-                  : new ConnectionLost({ detail: String(error), cause: error }),
-                retryable
-              })
-            }),
-            Effect.suspend(() => {
-              sent = true
-              sentCalls.add(key)
-              return loop
-            })
-          )
-          return Effect.onExit(run, (exit) => {
-            calls.delete(key)
-            sentCalls.delete(key)
-            wakeIdle()
-            // A call given up on tells the server, which interrupts the handler.
-            if (sent && !finished && Exit.isFailure(exit)) return Effect.forkDetach(interruptOnWire(request.id))
-            return Effect.void
-          })
+        return Effect.onExit(loop, (exit) => {
+          calls.delete(key)
+          sentCalls.delete(key)
+          wakeIdle()
+          // A call given up on tells the server, which interrupts the handler.
+          if (!unsent && !finished && Exit.isFailure(exit)) outbox.push(codec.encode({ _tag: "Interrupt", requestId: request.id }))
+          return Effect.void
         })
       })
 
@@ -319,7 +337,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
 
     const link: Link = {
       attempt,
-      ack: (requestId) => Effect.ignore(transport.send(codec.encode({ _tag: "Ack", requestId }))),
+      ack: (requestId) => Effect.sync(() => outbox.push(codec.encode({ _tag: "Ack", requestId }))),
       interrupt: (requestId) => calls.has(idKey(requestId)) ? interruptOnWire(requestId) : Effect.void,
       has: (key) => calls.has(key),
       pending: () => calls.size,
@@ -328,7 +346,9 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
       probe: Effect.suspend(() =>
         sentCalls.size === 0
           ? Effect.void
-          : Effect.ignore(transport.sendAll(Array.from(sentCalls, (key) => control(KIND_PROBE, key))))
+          : Effect.sync(() => {
+            for (const key of sentCalls) outbox.push(control(KIND_PROBE, key))
+          })
       ),
       idle
     }
@@ -339,7 +359,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
           lost = Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)
             ? (Cause.isDone(Cause.squash(exit.cause)) ? "the carrier ended" : String(Cause.squash(exit.cause)))
             : "the client closed"
-          for (const mailbox of calls.values()) Queue.offerUnsafe(mailbox, { kind: "lost", detail: lost })
+          for (const mailbox of calls.values()) mailbox.offer({ kind: "lost", detail: lost })
           wakeIdle()
           ctx.onRetire(link)
         }))
@@ -387,6 +407,7 @@ export const makeClient = <E>(
       maxRequest: options?.maxRequestBytes ?? 4 * 1024 * 1024,
       maxResponse: options?.maxResponseBytes ?? 16 * 1024 * 1024,
       sendRetryable: options?.sendRetryable ?? defaultSendRetryable,
+      batchWrites: options?.batchWrites ?? true,
       stats,
       onRetire: retire
     }
@@ -485,6 +506,8 @@ export interface ServerOptions {
   readonly maxTimeout?: Duration.Input | undefined
   /** How long `drain` lets running calls finish. Default 5 s. */
   readonly drainTimeout?: Duration.Input | undefined
+  /** As the client's `batchWrites`. Default true. */
+  readonly batchWrites?: boolean | undefined
 }
 
 /**
@@ -533,12 +556,23 @@ export interface Server {
  */
 export class MessageServer extends Context.Service<MessageServer, Server>()("@plexus/rpc/RpcMessages/MessageServer") {}
 
+const eof: FromClientEncoded = { _tag: "Eof" }
+
+/** One served transport. */
+interface Carrier {
+  readonly calls: Map<string, Call>
+  readonly outbox: Outbox
+}
+
+/**
+ * A running call. Each call is an effect/rpc client of its own, so that
+ * effect/rpc's Defect (which names no call) is told to that call only.
+ */
 interface Call {
   readonly clientId: number
+  readonly carrier: Carrier
   readonly key: string
   readonly requestId: string | number
-  readonly send: (message: Uint8Array) => Effect.Effect<void>
-  readonly calls: Map<string, Call>
   timer: Fiber.Fiber<void> | undefined
 }
 
@@ -563,9 +597,10 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
     const runTimer = yield* FiberSet.runtime(timers)<never>()
 
     const disconnects = yield* Queue.make<number>()
+    const carriers = new Set<Carrier>()
     const byClient = new Map<number, Call>()
     const clientIds = new Set<number>()
-    const goAways = new Set<Effect.Effect<void>>()
+    const goAways = new Set<Outbox>()
     const idle = yield* Deferred.make<void>()
     let nextClientId = 0
     let draining = false
@@ -583,53 +618,74 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
     }
     let writeRequest!: (clientId: number, message: FromClientEncoded) => Effect.Effect<void>
 
-    const finish = (call: Call): void => {
-      if (byClient.get(call.clientId) !== call) return
+    /** Forgets a call; whether it was still running. */
+    const finish = (call: Call): boolean => {
+      const calls = call.carrier.calls
+      if (calls.get(call.key) !== call) return false
+      calls.delete(call.key)
       byClient.delete(call.clientId)
       clientIds.delete(call.clientId)
-      call.calls.delete(call.key)
       stats.running--
       call.timer?.interruptUnsafe()
       if (draining && stats.running === 0) Deferred.doneUnsafe(idle, Exit.void)
+      return true
     }
 
-    /** Ends a call without an answer from the handler: tells the client, interrupts the handler. */
-    const cut = (call: Call, kind: number): Effect.Effect<void> =>
+    /**
+     * Ends a running call without an answer from the handler: tells the
+     * client (`message`, unless undefined) and interrupts the handler, whose
+     * own late answer then finds no call and is dropped.
+     */
+    const cut = (call: Call, message: Uint8Array | undefined): Effect.Effect<void> =>
       Effect.suspend(() => {
-        if (byClient.get(call.clientId) !== call) return Effect.void
-        finish(call)
+        if (!finish(call)) return Effect.void
+        if (message !== undefined) call.carrier.outbox.push(message)
         Queue.offerUnsafe(disconnects, call.clientId)
-        return kind < 0 ? Effect.void : call.send(control(kind, call.key))
+        return Effect.void
       })
 
-    const send = (clientId: number, response: FromServerEncoded): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        const call = byClient.get(clientId)
-        if (call === undefined) return Effect.void
+    const send = (clientId: number, response: FromServerEncoded): Effect.Effect<void> => {
+      const call = byClient.get(clientId)
+      if (call === undefined) return Effect.void
+      const carrier = call.carrier
+      if (response._tag === "Chunk" || response._tag === "Exit") {
         let bytes: Uint8Array
         try {
-          if (response._tag === "Chunk" || response._tag === "Exit") bytes = codec.encode(response)
-          else if (response._tag === "Defect") bytes = control(KIND_DEFECT, call.key, codec.serialize(response))
-          else return Effect.void
+          // Values already in bytes are not serialized again (spec: CHUNK).
+          const parts = response._tag === "Chunk" ? codec.chunkParts(response) : undefined
+          bytes = parts !== undefined ? joinParts(parts) : codec.encode(response)
         } catch (cause) {
-          return cut(call, KIND_ABORTED).pipe(Effect.andThen(Effect.logDebug("unencodable response", cause)))
+          stats.aborted++
+          return cut(call, control(KIND_ABORTED, call.key)).pipe(Effect.andThen(Effect.logDebug("unencodable response", cause)))
         }
-        if (response._tag !== "Chunk") finish(call)
-        return call.send(bytes)
-      })
-
-    const end = (clientId: number): Effect.Effect<void> =>
-      Effect.sync(() => {
-        const call = byClient.get(clientId)
-        if (call !== undefined) finish(call)
-      })
+        if (response._tag === "Exit") finish(call)
+        carrier.outbox.push(bytes)
+        return Effect.void
+      }
+      if (response._tag === "Defect") {
+        let bytes: Uint8Array
+        try {
+          bytes = control(KIND_DEFECT, call.key, codec.serialize(response))
+        } catch (cause) {
+          stats.aborted++
+          return cut(call, control(KIND_ABORTED, call.key)).pipe(Effect.andThen(Effect.logDebug("unencodable defect", cause)))
+        }
+        finish(call)
+        carrier.outbox.push(bytes)
+      }
+      return Effect.void
+    }
 
     const protocol = yield* RpcServer.Protocol.make((write) => {
       writeRequest = write
       return Effect.succeed({
         disconnects,
         send,
-        end,
+        end: (clientId) =>
+          Effect.sync(() => {
+            const call = byClient.get(clientId)
+            if (call !== undefined) finish(call)
+          }),
         clientIds: Effect.sync(() => clientIds),
         initialMessage: Effect.succeedNone,
         supportsAck: true,
@@ -642,13 +698,17 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
 
     const serve = <E>(transport: MessageTransport.MessageTransport<E>): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function*() {
-        const calls = new Map<string, Call>()
-        const reply = (message: Uint8Array): Effect.Effect<void> => Effect.ignore(transport.send(message))
-        const goAway = reply(control(KIND_GOAWAY, ""))
-        goAways.add(goAway)
+        const carrier: Carrier = {
+          calls: new Map(),
+          outbox: new Outbox(transport as MessageTransport.MessageTransport<unknown>, options?.batchWrites ?? true)
+        }
+        const { calls, outbox } = carrier
+        carriers.add(carrier)
+        goAways.add(outbox)
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
-            goAways.delete(goAway)
+            goAways.delete(outbox)
+            carriers.delete(carrier)
             // Calls of a transport that ended have nobody to answer to.
             for (const call of Array.from(calls.values())) {
               finish(call)
@@ -656,24 +716,25 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
             }
           })
         )
-        if (draining) yield* goAway
+        if (draining) outbox.push(control(KIND_GOAWAY, ""))
 
-        const onRequest = (request: RequestEncoded): Effect.Effect<void> => {
+        const onRequest = (request: RequestEncoded): Effect.Effect<void> | undefined => {
           if (typeof request.id !== "string" && typeof request.id !== "number") {
             stats.malformed++
-            return Effect.void
+            return undefined
           }
           const key = idKey(request.id)
           if (calls.has(key)) {
             stats.duplicates++
-            return Effect.void
+            return undefined
           }
           if (draining || stats.running >= maxCalls) {
             stats.refused++
-            return reply(control(KIND_REFUSED, key))
+            outbox.push(control(KIND_REFUSED, key))
+            return undefined
           }
           const clientId = nextClientId++
-          const call: Call = { clientId, key, requestId: request.id, send: reply, calls, timer: undefined }
+          const call: Call = { clientId, carrier, key, requestId: request.id, timer: undefined }
           calls.set(key, call)
           byClient.set(clientId, call)
           clientIds.add(clientId)
@@ -685,36 +746,37 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
             call.timer = runTimer(Effect.andThen(
               Effect.sleep(Duration.millis(timeout)),
               Effect.suspend(() => {
-                if (byClient.get(clientId) !== call) return Effect.void
+                if (calls.get(key) !== call) return Effect.void
                 // This fiber is the timer: `finish` must not interrupt it.
                 call.timer = undefined
                 stats.deadlines++
-                return cut(call, KIND_DEADLINE)
+                return cut(call, control(KIND_DEADLINE, key))
               })
             ))
           }
-          return Effect.andThen(
-            Effect.exit(writeRequest(clientId, request)),
-            Effect.exit(writeRequest(clientId, { _tag: "Eof" }))
-          )
+          // Eof: the call's client sends nothing more, so effect/rpc ends it
+          // (ClientEnd) once the handler is done.
+          return Effect.andThen(Effect.exit(writeRequest(clientId, request)), Effect.exit(writeRequest(clientId, eof)))
         }
 
-        const onMessage = (message: Uint8Array): Effect.Effect<void> => {
+        /** What a message asks of the server: an Effect to run, or undefined when it was handled here. */
+        const onMessage = (message: Uint8Array): Effect.Effect<void> | undefined => {
           if (message.length > maxRequest) {
             // Its call cannot be named without reading it: dropped.
             stats.oversized++
-            return Effect.void
+            return undefined
           }
           const decoded = codec.decode(message)
           if (decoded.kind === KIND_PROBE) {
             // A running call needs no answer; one unknown here was lost on the way, or its answer was.
-            if (calls.has(decoded.id)) return Effect.void
+            if (calls.has(decoded.id)) return undefined
             stats.unknownProbed++
-            return reply(control(KIND_UNKNOWN, decoded.id))
+            outbox.push(control(KIND_UNKNOWN, decoded.id))
+            return undefined
           }
           if (decoded.kind !== KIND_ENVELOPE) {
             stats.malformed++
-            return Effect.void
+            return undefined
           }
           const envelope = decoded.message
           switch (envelope._tag) {
@@ -722,28 +784,32 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
               return onRequest(envelope)
             case "Ack": {
               const call = calls.get(idKey(envelope.requestId))
-              return call === undefined ? Effect.void : Effect.exit(writeRequest(call.clientId, envelope)).pipe(Effect.asVoid)
+              return call === undefined ? undefined : Effect.asVoid(Effect.exit(writeRequest(call.clientId, envelope)))
             }
             case "Interrupt": {
               const call = calls.get(idKey(envelope.requestId))
-              if (call === undefined) return Effect.void
+              if (call === undefined) return undefined
               stats.cancelled++
-              return cut(call, -1)
+              return cut(call, undefined)
             }
             case "Ping":
             case "Eof":
-              return Effect.void
+              return undefined
             default:
               stats.malformed++
-              return Effect.void
+              return undefined
           }
         }
 
-        const read: Effect.Effect<never, unknown> = Effect.flatMap(transport.pull, (batch) =>
-          Effect.andThen(
-            Effect.forEach(batch, onMessage, { discard: true }),
-            read
-          ))
+        // Messages are handled in order; only those that reach effect/rpc cost an Effect.
+        const onBatch = (batch: ReadonlyArray<Uint8Array>, from: number): Effect.Effect<never, unknown> => {
+          for (let i = from; i < batch.length; i++) {
+            const effect = onMessage(batch[i])
+            if (effect !== undefined) return Effect.flatMap(effect, () => onBatch(batch, i + 1))
+          }
+          return read
+        }
+        const read: Effect.Effect<never, unknown> = Effect.flatMap(transport.pull, (batch) => onBatch(batch, 0))
         yield* Effect.ignore(read)
       })
 
@@ -751,12 +817,14 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
       Effect.gen(function*() {
         draining = true
         if (stats.running === 0) Deferred.doneUnsafe(idle, Exit.void)
-        yield* Effect.forEach(Array.from(goAways), (goAway) => goAway, { discard: true })
+        for (const outbox of goAways) outbox.push(control(KIND_GOAWAY, ""))
         const timeout = o?.timeout === undefined ? drainTimeout : Duration.fromInputUnsafe(o.timeout)
         yield* Deferred.await(idle).pipe(Effect.timeout(timeout), Effect.ignore)
-        for (const call of Array.from(byClient.values())) {
-          stats.aborted++
-          yield* cut(call, KIND_ABORTED)
+        for (const carrier of Array.from(carriers)) {
+          for (const call of Array.from(carrier.calls.values())) {
+            stats.aborted++
+            yield* cut(call, control(KIND_ABORTED, call.key))
+          }
         }
       })
 

@@ -38,9 +38,11 @@ import {
   Codec,
   CODE_DEADLINE_EXCEEDED,
   CODE_MESSAGE_TOO_LARGE,
+  chunkOf,
   control,
   idKey,
   KIND_ABORTED,
+  KIND_CHUNK,
   KIND_DEADLINE,
   KIND_DEFECT,
   KIND_ENVELOPE,
@@ -306,6 +308,10 @@ export const makeClientProtocol = (
                 }
                 continue
               }
+              case KIND_CHUNK: {
+                yield* deliver(chunkOf(request.id, decoded.tail))
+                continue
+              }
               case KIND_DEFECT: {
                 finished = true
                 yield* stream.closeWrite
@@ -502,6 +508,11 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         if (call === undefined) return Effect.void
         let bytes: Uint8Array
         try {
+          if (response._tag === "Chunk") {
+            // Values already in bytes leave as they are (spec: CHUNK).
+            const parts = codec.chunkParts(response)
+            if (parts !== undefined) return Effect.ignore(call.framed.sendParts(parts))
+          }
           switch (response._tag) {
             case "Chunk":
             case "Exit":

@@ -19,6 +19,8 @@ export interface FramedStream {
   /** The next message, or undefined at the peer's FIN. */
   readonly next: Effect.Effect<Uint8Array | undefined, ReadFailure>
   readonly send: (message: Uint8Array) => Effect.Effect<void, Socket.SocketError>
+  /** Sends one message made of two parts, the second by reference (not copied). */
+  readonly sendParts: (parts: readonly [Uint8Array, Uint8Array]) => Effect.Effect<void, Socket.SocketError>
 }
 
 const toFailure = (error: DelineationError.DelineationError): ReadFailure =>
@@ -71,5 +73,18 @@ export const make = (
         if (!Array.isArray(frames)) return Effect.die(frames)
         return writer.writeAll(frames as unknown as NonEmptyReadonlyArray<Uint8Array>)
       })
-    return { next, send }
+    const sendParts = (parts: readonly [Uint8Array, Uint8Array]): Effect.Effect<void, Socket.SocketError> =>
+      Effect.suspend(() => {
+        const [head, body] = parts
+        const length = head.length + body.length
+        // The 4-byte prefix of docs/spec/delineation.md's lengthPrefix, in front of the head.
+        const first = new Uint8Array(4 + head.length)
+        first[0] = length >>> 24
+        first[1] = (length >>> 16) & 0xff
+        first[2] = (length >>> 8) & 0xff
+        first[3] = length & 0xff
+        first.set(head, 4)
+        return writer.writeAll([first, body])
+      })
+    return { next, send, sendParts }
   })

@@ -16,6 +16,7 @@ export const KIND_GOAWAY = 0x04
 export const KIND_ABORTED = 0x05
 export const KIND_PROBE = 0x06
 export const KIND_UNKNOWN = 0x07
+export const KIND_CHUNK = 0x08
 
 /** Reset codes of the application range (spec: Reset codes used). */
 export const CODE_DEADLINE_EXCEEDED = 0x100
@@ -63,6 +64,7 @@ export type Decoded<M> =
       | typeof KIND_ABORTED
       | typeof KIND_PROBE
       | typeof KIND_UNKNOWN
+      | typeof KIND_CHUNK
     readonly id: string
     readonly tail: Uint8Array
   }
@@ -93,6 +95,19 @@ export class Codec<In, Out> {
     return typeof bytes === "string" ? encoder.encode(bytes) : bytes
   }
 
+  /**
+   * A Chunk whose values the serialization already wrote as bytes (the
+   * schema-binary `codecFor` does) as a CHUNK message in two parts: its
+   * head (kind and call id) and the values, by reference, never copied nor
+   * serialized again. Undefined for any other message.
+   */
+  chunkParts(message: Out): readonly [Uint8Array, Uint8Array] | undefined {
+    const m = message as { readonly _tag?: unknown; readonly requestId?: unknown; readonly values?: unknown }
+    if (m._tag !== "Chunk" || !(m.values instanceof Uint8Array)) return undefined
+    if (typeof m.requestId !== "string" && typeof m.requestId !== "number") return undefined
+    return [control(KIND_CHUNK, idKey(m.requestId)), m.values]
+  }
+
   /** The envelope inside a DEFECT's tail. */
   decodeTail(tail: Uint8Array): In | undefined {
     const decoded = this.decode(envelope(tail))
@@ -121,7 +136,7 @@ export class Codec<In, Out> {
       }
       return { kind: KIND_ENVELOPE, message: message as In }
     }
-    if (kind > KIND_UNKNOWN) return { kind: "malformed", detail: `unknown kind ${kind}` }
+    if (kind > KIND_CHUNK) return { kind: "malformed", detail: `unknown kind ${kind}` }
     if (bytes.length < 3) return { kind: "malformed", detail: "runt control message" }
     const length = (bytes[1] << 8) | bytes[2]
     if (bytes.length < 3 + length) return { kind: "malformed", detail: "call id beyond the message" }
@@ -131,9 +146,21 @@ export class Codec<In, Out> {
     } catch {
       return { kind: "malformed", detail: "call id is not UTF-8" }
     }
-    return { kind: kind as 1 | 2 | 3 | 4 | 5 | 6 | 7, id, tail: bytes.subarray(3 + length) }
+    return { kind: kind as 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8, id, tail: bytes.subarray(3 + length) }
   }
 }
+
+/** The two parts of a CHUNK message as one message. */
+export const joinParts = (parts: readonly [Uint8Array, Uint8Array]): Uint8Array => {
+  const out = new Uint8Array(parts[0].length + parts[1].length)
+  out.set(parts[0], 0)
+  out.set(parts[1], parts[0].length)
+  return out
+}
+
+/** The Chunk envelope of a CHUNK message, for the call it belongs to. */
+export const chunkOf = (requestId: string | number, values: Uint8Array): FromServerEncoded =>
+  ({ _tag: "Chunk", requestId, values }) as unknown as FromServerEncoded
 
 export type ClientCodec = Codec<FromServerEncoded, FromClientEncoded>
 export type ServerCodec = Codec<FromClientEncoded, FromServerEncoded>
