@@ -54,6 +54,15 @@ export interface MuxStream extends Socket.Socket {
   readonly setPriority: (urgency: number, incremental?: boolean) => Effect.Effect<void>
   /** How the stream failed, if it did. */
   readonly failure: Effect.Effect<StreamError | undefined>
+  /**
+   * Waits until the stream fails (a reset by either side, a refusal, the
+   * end of the session) and answers how; at once if it already has. Works
+   * whatever the read and write sides do, so a side that read the peer's
+   * FIN still learns of a later reset (a server running a request whose
+   * client cancelled it). Never completes for a stream that ends cleanly:
+   * interrupt it.
+   */
+  readonly failed: Effect.Effect<StreamError>
 }
 
 /**
@@ -297,6 +306,20 @@ export class MuxStreamImpl implements MuxStream {
 
   get failure(): Effect.Effect<StreamError | undefined> {
     return Effect.sync(() => this.typedError())
+  }
+
+  get failed(): Effect.Effect<StreamError> {
+    return Effect.callback<StreamError>((resume) => {
+      const error = this.typedError()
+      if (error !== undefined) return resume(Effect.succeed(error))
+      const waker = () => resume(Effect.succeed(this.typedError()!))
+      const list = this.state.failureWakers ??= []
+      list.push(waker)
+      return Effect.sync(() => {
+        const i = list.indexOf(waker)
+        if (i >= 0) list.splice(i, 1)
+      })
+    })
   }
 
   /**

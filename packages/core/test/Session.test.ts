@@ -103,6 +103,26 @@ for (const codec of ["plexus", "yamux"] as const) {
         assert.isDefined(MuxStream.streamError(writeError))
       }))
 
+    it.live("failed tells a side that already read the peer's FIN of a later reset, and waits while the stream is healthy", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stream = yield* client.open()
+        // A request and FIN, as a unary call sends them.
+        yield* Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(text("request"))))
+        const peer = yield* server.accept
+        assert.strictEqual(str(yield* readAll(peer)), "request")
+        const watching = yield* Effect.forkChild(peer.failed)
+        yield* Effect.sleep("20 millis")
+        assert.isUndefined(watching.pollUnsafe(), "a healthy stream has not failed")
+        // The caller gives up: the server learns of it without reading.
+        yield* stream.reset(0x100 + 9)
+        const error = yield* Fiber.join(watching).pipe(Effect.timeout("2 seconds"))
+        assert.strictEqual(error.reason._tag, "StreamReset")
+        assert.strictEqual((error.reason as any).code, codec === "plexus" ? 0x109 : Session.Code.CANCEL)
+        // Once failed, it answers at once.
+        assert.strictEqual((yield* peer.failed).reason._tag, "StreamReset")
+      }))
+
     it.live("closing a stream's scope resets it while its write side is still open", () =>
       Effect.gen(function*() {
         const { client, server } = yield* sessionPair(codec)

@@ -107,6 +107,8 @@ export class StreamState {
   sendBytes = 0
   sendWindow = INITIAL_WINDOW
   writeWakers: Array<Waker> | undefined = undefined
+  /** Waiting for the stream to fail (`MuxStream.failed`), whatever its read and write sides are doing. */
+  failureWakers: Array<Waker> | undefined = undefined
   /** DATA frames sent after the peer's FIN: each may draw a WINDOW_UPDATE that arrives after the stream closed. */
   lateFrames = 0
   // scheduler
@@ -316,6 +318,7 @@ export class Engine implements FrameSink {
     this.forget(stream)
     if (stream.readWaker !== undefined) this.readWake.push(stream)
     if (stream.writeWakers !== undefined) this.wakeAll(stream.writeWakers)
+    if (stream.failureWakers !== undefined) this.wakeAll(stream.failureWakers)
   }
 
   /** Removes a finished stream from the session's books. */
