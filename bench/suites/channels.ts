@@ -282,7 +282,6 @@ const rows: ReadonlyArray<Row> = [
     name: "channel-64B",
     unit: "msg/s",
     baseline: "plain ws",
-    goal: ">= 0.9",
     description: "64 B messages one way over one channel (Channels over @plexus/transport-ws at both ends)",
     setup: contest(64, 1, 600_000, 60_000)
   },
@@ -298,7 +297,6 @@ const rows: ReadonlyArray<Row> = [
     name: "channel-64KiB",
     unit: "msg/s",
     baseline: "plain ws",
-    goal: ">= 0.9",
     description: "64 KiB messages one way over one channel (Channels over @plexus/transport-ws at both ends)",
     setup: contest(64 * 1024, 1, 8_000, 1_000)
   },
