@@ -487,8 +487,10 @@ class ChannelImpl implements Channel {
 
   send(message: Uint8Array): Effect.Effect<void, ChannelError> {
     return Effect.suspend(() => {
-      const error = this.run(() => this.engine.enqueue(this.state, [message]))
-      return error === undefined ? this.backpressure : Effect.fail(error)
+      const error = this.run(() => this.engine.sendOne(this.state, message))
+      if (error !== undefined) return Effect.fail(error)
+      // Nothing left queued and the writer keeps up: done, without another step.
+      return this.state.queued === 0 && !this.engine.congested ? Effect.void : this.backpressure
     })
   }
 

@@ -1467,6 +1467,30 @@ export class Engine {
   }
 
   /**
+   * One plain message on a channel with nothing queued and credit for it
+   * goes straight to `out`, without the channel's queue: the common case of
+   * a sender its window keeps up with. Anything else takes `enqueue`.
+   */
+  sendOne(ch: ChannelState, message: Uint8Array): ChannelError | undefined {
+    const size = message.length
+    if (
+      ch.send !== undefined || ch.cipher !== undefined || ch.group !== undefined || ch.paused > 0 ||
+      ch.phase !== "open" || ch.localEnding || this.failure !== undefined || ch.failure !== undefined ||
+      ch.sendMsgWindow < 1 || ch.sendByteWindow < size || size > ch.baseSendBytes
+    ) {
+      return this.enqueue(ch, [message])
+    }
+    ch.sendMsgWindow--
+    ch.sendByteWindow -= size
+    const framed = F.encodeData(ch.sendId, message)
+    this.out.push(framed)
+    this.stats.queuedBytes += framed.length
+    this.wakeAll(ch.writeWakers)
+    this.hooks.wakeWriter()
+    return undefined
+  }
+
+  /**
    * Queues messages on a channel and sends what its credit allows. `flow`:
    * they are messages of a fanout flow, which `withdrawFlow` may still take
    * back until they leave.
