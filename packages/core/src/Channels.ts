@@ -109,8 +109,8 @@ export interface Options {
   /** Default 256 KiB. */
   readonly windowBytes?: number | undefined
   /**
-   * How far a channel's receive window grows while the window, not its
-   * consumer, is what slows the peer down (within half the receive budget).
+   * How far a channel's receive window grows: it doubles at each grant
+   * while its consumer keeps up (within half the receive budget).
    * Default 4096 messages; at most the default window disables growth.
    */
   readonly maxWindowMessages?: number | undefined

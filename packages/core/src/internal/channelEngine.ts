@@ -164,8 +164,6 @@ export class ChannelState {
   consumedMessages = 0
   consumedBytes = 0
   grantQueued = false
-  /** A message arrived that left the peer without credit for another like it. */
-  starved = false
   readWaker: Waker | undefined = undefined
   // send side
   send: Array<Uint8Array> | undefined = undefined
@@ -588,8 +586,6 @@ export class Engine {
   private deliver(ch: ChannelState, payload: Uint8Array): void {
     ch.recvMsgWindow--
     ch.recvByteWindow -= payload.length
-    // Every grant sent is already counted here, so the peer is blocked now.
-    if (ch.recvMsgWindow === 0 || ch.recvByteWindow < payload.length) ch.starved = true
     if (ch.recv === undefined) ch.recv = [payload]
     else ch.recv.push(payload)
     ch.recvBytes += payload.length
@@ -1941,7 +1937,7 @@ export class Engine {
       if (messages === 0 && bytes === 0) continue
       ch.consumedMessages = 0
       ch.consumedBytes = 0
-      if (this.windowStarved(ch, messages, bytes)) {
+      if (this.shouldGrow(ch)) {
         const grownMessages = this.growWindow(ch, "messages")
         const grownBytes = this.growWindow(ch, "bytes")
         messages += grownMessages
@@ -1961,18 +1957,16 @@ export class Engine {
   }
 
   /**
-   * Whether the window, not the consumer, limits this channel: since the
-   * last grant the peer ran out of credit, or a whole window was consumed
-   * before the grant could leave, while the consumer keeps up (little
-   * buffered). A stalled consumer never gets here (no grant without
-   * consumption), and one that falls behind keeps messages buffered, so
-   * neither grows; one that drains its whole buffer at long intervals may
-   * grow, up to the maximum.
+   * Whether a channel's window grows at this grant: its consumer keeps up
+   * (at most half a window buffered). Then the window, not the consumer, is
+   * what can hold the peer back, for a round trip per half window; the
+   * receiver cannot see whether a grant is still on its way while the peer
+   * waits, so it grows the window up to the maximum while the consumer keeps
+   * up. A stalled consumer never gets here (no grant without consumption),
+   * and one that falls behind keeps messages buffered, so neither grows.
    */
-  private windowStarved(ch: ChannelState, messages: number, bytes: number): boolean {
-    const starved = ch.starved || messages >= ch.baseRecvMessages || bytes >= ch.baseRecvBytes
-    ch.starved = false
-    return starved && ch.recvMessages * 2 <= ch.baseRecvMessages && ch.recvBytes * 2 <= ch.baseRecvBytes
+  private shouldGrow(ch: ChannelState): boolean {
+    return ch.recvMessages * 2 <= ch.baseRecvMessages && ch.recvBytes * 2 <= ch.baseRecvBytes
   }
 
   /**
