@@ -858,7 +858,8 @@ const coalesce = (
     if (messages[i].length <= COALESCE_LIMIT) small += size
   }
   const out: Array<Uint8Array> = []
-  const arena = small > 0 ? new Uint8Array(small) : EMPTY
+  // A small arena (the usual batch of small messages) is cut from the shared slab.
+  const arena = small > 0 ? allocFrame(small) : EMPTY
   let used = 0
   let runStart = 0
   for (let i = 0; i < count; i++) {

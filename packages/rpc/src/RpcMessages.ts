@@ -28,6 +28,7 @@ import type { FromClientEncoded, FromServerEncoded, RequestEncoded } from "effec
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import { MessageTransport } from "@plexus/core"
+import { withByteChunks } from "./internal/byteChunks.ts"
 import * as internalClient from "./internal/client.ts"
 import { Mailbox } from "./internal/mailbox.ts"
 import { Outbox } from "./internal/outbox.ts"
@@ -73,7 +74,8 @@ export interface ClientOptions extends internalClient.ClientOptions {
    */
   readonly sendRetryable?: ((error: unknown) => boolean) | undefined
   /**
-   * Whether the messages of one turn of the event loop leave in one write.
+   * Whether the messages of one turn of the event loop leave together (in
+   * writes of up to 8).
    * Default true; a carrier that spreads messages over connections (a KCM
    * pool) sends each on its own.
    */
@@ -119,6 +121,18 @@ type Inbound =
   | Decoded<FromServerEncoded>
   | { readonly kind: "lost"; readonly detail: string }
   | { readonly kind: "unsent"; readonly error: unknown }
+  | { readonly kind: "answered" }
+
+/** The call's Exit went to effect/rpc from the reader: the call's fiber only ends. */
+const answered: Inbound = { kind: "answered" }
+
+/** A call waiting for its answer on a carrier. */
+interface Pending {
+  readonly mailbox: Mailbox<Inbound>
+  readonly deliver: (message: FromServerEncoded) => Effect.Effect<void>
+  /** The call's end came (an Exit or an error of the server's): no Interrupt for it. */
+  finished: boolean
+}
 
 const defaultSendRetryable = (error: unknown): boolean =>
   typeof error === "object" && error !== null && (error as { retryable?: unknown }).retryable === true
@@ -166,10 +180,8 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
   Effect.gen(function*() {
     const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ctx.ser)
     const stats = ctx.stats
-    const calls = new Map<string, Mailbox<Inbound>>()
+    const calls = new Map<string, Pending>()
     const outbox = new Outbox(transport as MessageTransport.MessageTransport<unknown>, ctx.batchWrites)
-    // Calls whose request left, by key, with their id: what a PROBE asks about.
-    const sentCalls = new Set<string>()
     const idleWakers: Array<() => void> = []
     let lost: string | undefined
     let goneAway = false
@@ -178,11 +190,22 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
       if (lost === undefined && calls.size > 0) return
       for (const wake of idleWakers.splice(0, idleWakers.length)) wake()
     }
+    // While the reader works through a batch, a carrier that became idle is
+    // reported once the batch is done: reporting it may close the carrier's
+    // scope, and with it the reader, before the batch's answers were handed on.
+    let routing = false
+    let idlePending = false
+    const callEnded = () => {
+      if (routing) idlePending = true
+      else wakeIdle()
+    }
 
     // One reader routes every message to its call's mailbox, never waiting
     // on a call: a slow consumer holds only its own mailbox (one chunk,
-    // since the server waits for the Ack).
-    const route = (message: Uint8Array) => {
+    // since the server waits for the Ack). An Exit for a call whose fiber
+    // waits with nothing else to hand on goes to effect/rpc from here, after
+    // that fiber ended: effect/rpc then has no send still running to stop.
+    const route = (message: Uint8Array): Effect.Effect<void> | undefined => {
       if (message.length > ctx.maxResponse) {
         stats.malformed++
         return
@@ -208,16 +231,33 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
         stats.malformed++
         return
       }
-      const mailbox = calls.get(key)
-      if (mailbox === undefined) {
+      const call = calls.get(key)
+      if (call === undefined) {
         stats.unmatched++
         return
       }
-      mailbox.offer(decoded)
+      if (decoded.kind === KIND_ENVELOPE && decoded.message._tag === "Exit" && call.mailbox.waiting) {
+        call.finished = true
+        call.mailbox.offer(answered)
+        return call.deliver(decoded.message)
+      }
+      call.mailbox.offer(decoded)
+    }
+    const onBatch = (batch: ReadonlyArray<Uint8Array>, from: number): Effect.Effect<never, unknown> => {
+      for (let i = from; i < batch.length; i++) {
+        const effect = route(batch[i])
+        if (effect !== undefined) return Effect.flatMap(effect, () => onBatch(batch, i + 1))
+      }
+      routing = false
+      if (idlePending) {
+        idlePending = false
+        wakeIdle()
+      }
+      return read
     }
     const read: Effect.Effect<never, unknown> = Effect.flatMap(transport.pull, (batch) => {
-      for (let i = 0; i < batch.length; i++) route(batch[i])
-      return read
+      routing = true
+      return onBatch(batch, 0)
     })
 
     const interruptOnWire = (requestId: string | number) =>
@@ -242,20 +282,19 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
         }
         const timeout = timeoutOf(request.headers)
         const mailbox = new Mailbox<Inbound>()
-        calls.set(key, mailbox)
-        sentCalls.add(key)
+        const call: Pending = { mailbox, deliver, finished: false }
+        calls.set(key, call)
         // The request leaves with the turn's other messages; a failed write
         // comes back through the mailbox.
         outbox.push(bytes, (error) => mailbox.offer({ kind: "unsent", error }))
         let unsent = false
-        let finished = false
         const loop: Effect.Effect<void, RpcTransportError> = Effect.flatMap(mailbox.take, (inbound) => {
             switch (inbound.kind) {
               case KIND_ENVELOPE: {
                 const envelope = inbound.message
                 if (envelope._tag === "Chunk") return Effect.andThen(deliver(envelope), loop)
                 if (envelope._tag === "Exit") {
-                  finished = true
+                  call.finished = true
                   return deliver(envelope)
                 }
                 return loop
@@ -263,12 +302,12 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
               case KIND_CHUNK:
                 return Effect.andThen(deliver(chunkOf(request.id, inbound.tail)), loop)
               case KIND_DEFECT: {
-                finished = true
+                call.finished = true
                 const defect = codec.decodeTail(inbound.tail)
                 return Effect.die(defect !== undefined && defect._tag === "Defect" ? ctx.decodeDefect(defect.defect) : "a defect")
               }
               case KIND_DEADLINE:
-                finished = true
+                call.finished = true
                 return Effect.fail(
                   new RpcTransportError({
                     reason: new DeadlineExceeded({ timeoutMillis: timeout ?? 0, byServer: true }),
@@ -276,12 +315,12 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
                   })
                 )
               case KIND_REFUSED:
-                finished = true
+                call.finished = true
                 return Effect.fail(
                   new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
                 )
               case KIND_ABORTED:
-                finished = true
+                call.finished = true
                 return Effect.fail(
                   new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
                 )
@@ -311,16 +350,17 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
                     retryable: false
                   })
                 )
+              case "answered":
+                return Effect.void
               default:
                 return loop
             }
           })
         return Effect.onExit(loop, (exit) => {
           calls.delete(key)
-          sentCalls.delete(key)
-          wakeIdle()
+          callEnded()
           // A call given up on tells the server, which interrupts the handler.
-          if (!unsent && !finished && Exit.isFailure(exit)) outbox.push(codec.encode({ _tag: "Interrupt", requestId: request.id }))
+          if (!unsent && !call.finished && Exit.isFailure(exit)) outbox.push(codec.encode({ _tag: "Interrupt", requestId: request.id }))
           return Effect.void
         })
       })
@@ -344,10 +384,11 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
       lost: () => lost,
       goneAway: () => goneAway,
       probe: Effect.suspend(() =>
-        sentCalls.size === 0
+        // Every pending call's request was queued when it became pending: what a PROBE asks about.
+        calls.size === 0
           ? Effect.void
           : Effect.sync(() => {
-            for (const key of sentCalls) outbox.push(control(KIND_PROBE, key))
+            for (const key of calls.keys()) outbox.push(control(KIND_PROBE, key))
           })
       ),
       idle
@@ -359,7 +400,8 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
           lost = Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)
             ? (Cause.isDone(Cause.squash(exit.cause)) ? "the carrier ended" : String(Cause.squash(exit.cause)))
             : "the client closed"
-          for (const mailbox of calls.values()) mailbox.offer({ kind: "lost", detail: lost })
+          routing = false
+          for (const call of calls.values()) call.mailbox.offer({ kind: "lost", detail: lost })
           wakeIdle()
           ctx.onRetire(link)
         }))
@@ -452,8 +494,14 @@ export const makeClient = <E>(
       )
     }
 
+    // Each run (a retry among them) takes the carrier current then; the usual
+    // case, a carrier at hand, costs no step of its own.
     const attempt: internalClient.Attempt = (request, deliver) =>
-      Effect.flatMap(get, (link) => link.attempt(request, deliver))
+      Effect.suspend(() =>
+        current !== undefined
+          ? current.link.attempt(request, deliver)
+          : Effect.flatMap(get, (link) => link.attempt(request, deliver))
+      )
     const owner = (requestId: string | number): Link | undefined => {
       const key = idKey(requestId)
       for (const link of links) if (link.has(key)) return link
@@ -692,7 +740,8 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         supportsTransferables: false,
         supportsSpanPropagation: true,
         supportsNotifications: false,
-        codecFor: ser.codecFor
+        // Byte chunks leave by reference (spec: CHUNK).
+        codecFor: withByteChunks(ser, { byReference: true }).codecFor
       })
     })
 

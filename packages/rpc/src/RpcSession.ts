@@ -18,20 +18,21 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import { RpcClient, RpcSerialization, RpcServer } from "effect/rpc"
-import type { FromClientEncoded, FromServerEncoded, RequestEncoded } from "effect/rpc/RpcMessage"
+import { constEof, type FromClientEncoded, type FromServerEncoded, type RequestEncoded } from "effect/rpc/RpcMessage"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
 import type * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
 import { MuxStream, Session, type SessionError } from "@plexus/core"
+import { withByteChunks } from "./internal/byteChunks.ts"
 import * as internalClient from "./internal/client.ts"
 import * as FramedStream from "./internal/framedStream.ts"
 import {
@@ -241,10 +242,12 @@ export const makeClientProtocol = (
     const streamType = options?.streamType ?? STREAM_TYPE
     const urgency = options?.urgency ?? 3
     const decodeDefect = internalClient.defectDecoder(ser)
+    // Shared by every call, as on the server: each message is whole and
+    // read at once, so no call leaves anything in the parser for another.
+    const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ser)
 
     const attempt: internalClient.Attempt = (request, deliver) =>
       Effect.scoped(Effect.gen(function*() {
-        const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ser)
         const bytes = codec.encode(request)
         if (bytes.length > maxRequest) {
           return yield* Effect.fail(
@@ -271,9 +274,11 @@ export const makeClientProtocol = (
           const framed = yield* FramedStream.make(stream, maxResponse).pipe(
             Effect.mapError((error) => streamFailure(error, timeout, bytes.length))
           )
-          // The write side stays open until the call ends: a reset then
-          // wakes the server's read of it at once (spec: Calls over a session).
+          // The request and its FIN go out together: the server learns of a
+          // cancellation from the reset, which still reaches it after the FIN
+          // (spec: Calls over a session).
           yield* framed.send(bytes).pipe(Effect.mapError((error) => streamFailure(error, timeout, bytes.length)))
+          yield* stream.closeWrite
           while (true) {
             const next = yield* Effect.result(framed.next)
             if (next._tag === "Failure") {
@@ -303,7 +308,6 @@ export const makeClientProtocol = (
                 }
                 if (envelope._tag === "Exit") {
                   finished = true
-                  yield* stream.closeWrite
                   return yield* deliver(envelope)
                 }
                 continue
@@ -314,7 +318,6 @@ export const makeClientProtocol = (
               }
               case KIND_DEFECT: {
                 finished = true
-                yield* stream.closeWrite
                 const defect = codec.decodeTail(decoded.tail)
                 return yield* Effect.die(defect !== undefined && defect._tag === "Defect" ? decodeDefect(defect.defect) : "a defect")
               }
@@ -465,7 +468,10 @@ interface Call {
   readonly stream: MuxStream.MuxStream
   readonly framed: FramedStream.FramedStream
   readonly requestId: string | number
-  readonly answered: Deferred.Deferred<void>
+  /** The answer (Exit, DEFECT, FIN, or a reset of the server's own) is out. */
+  answered: boolean
+  /** The call's fiber while it waits for the stream to fail; interrupted once the call is answered. */
+  waiter: Fiber.Fiber<unknown, unknown> | undefined
 }
 
 /**
@@ -496,10 +502,22 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
     const stats = { running: 0, started: 0, refused: 0, deadlines: 0, cancelled: 0, malformed: 0, oversized: 0 }
     let writeRequest!: (clientId: number, message: FromClientEncoded) => Effect.Effect<void>
 
+    // Ends the call's wait: its fiber, waiting on `stream.failed` (which a
+    // clean end never completes), is interrupted, and its scope lets the
+    // stream finish.
+    const settle = (call: Call): void => {
+      if (call.answered) return
+      call.answered = true
+      const waiter = call.waiter
+      if (waiter === undefined) return
+      call.waiter = undefined
+      waiter.interruptUnsafe()
+    }
+
     const answer = (call: Call, bytes: Uint8Array): Effect.Effect<void> =>
       Effect.andThen(
         Effect.ignore(call.framed.send(bytes)),
-        Effect.andThen(call.stream.closeWrite, Deferred.done(call.answered, Exit.void))
+        Effect.andThen(call.stream.closeWrite, Effect.sync(() => settle(call)))
       )
 
     const send = (clientId: number, response: FromServerEncoded): Effect.Effect<void> =>
@@ -525,7 +543,9 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
               return Effect.void
           }
         } catch {
-          return Effect.andThen(call.stream.reset(Session.Code.INTERNAL_ERROR), Deferred.done(call.answered, Exit.void))
+          // Settled first: this reset is the answer, not a cancellation.
+          settle(call)
+          return call.stream.reset(Session.Code.INTERNAL_ERROR)
         }
         // A chunk waits while the stream's window is closed: that is the
         // flow control of a streaming response. A failed write means the
@@ -538,7 +558,7 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
       Effect.suspend(() => {
         const call = calls.get(clientId)
         if (call === undefined) return Effect.void
-        return Effect.andThen(call.stream.closeWrite, Deferred.done(call.answered, Exit.void))
+        return Effect.andThen(call.stream.closeWrite, Effect.sync(() => settle(call)))
       })
 
     const protocol = yield* RpcServer.Protocol.make((write) => {
@@ -553,7 +573,8 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         supportsTransferables: false,
         supportsSpanPropagation: true,
         supportsNotifications: false,
-        codecFor: ser.codecFor
+        // Byte chunks leave by reference (spec: CHUNK).
+        codecFor: withByteChunks(ser, { byReference: true }).codecFor
       })
     })
 
@@ -591,7 +612,7 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         if (draining || stats.running >= maxCalls) return yield* refuse(stream, Session.Code.REFUSED_STREAM)
 
         const clientId = nextClientId++
-        const call: Call = { stream, framed, requestId: request.id, answered: yield* Deferred.make<void>() }
+        const call: Call = { stream, framed, requestId: request.id, answered: false, waiter: undefined }
         calls.set(clientId, call)
         clientIds.add(clientId)
         stats.running++
@@ -599,43 +620,42 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         const requested = timeoutOf(request.headers) ?? defaultTimeout
         const timeout = requested === undefined ? undefined : Math.min(requested, maxTimeout)
 
-        // The client sends nothing after its request until the call ends;
-        // anything more breaks the protocol, and a reset means it gave up on
-        // the call. A client that sends FIN early is still served (its
-        // cancellation is then seen at the next write or the deadline).
-        const watch: Effect.Effect<"gone"> = Effect.flatMap(Effect.result(framed.next), (next) => {
-          if (next._tag === "Success" && next.success === undefined) return Effect.never
-          return Effect.as(
-            next._tag === "Success"
-              ? refuse(stream, Session.Code.PROTOCOL_ERROR)
-              : Effect.sync(() => {
-                stats.cancelled++
-              }),
-            "gone" as const
-          )
-        })
-        const racers: Array<Effect.Effect<"answered" | "gone" | "deadline">> = [
-          Effect.as(Deferred.await(call.answered), "answered" as const),
-          watch
-        ]
-        if (timeout !== undefined) {
-          racers.push(Effect.as(Effect.sleep(Duration.millis(timeout)), "deadline" as const))
-        }
+        // The request is all the client sends: the server neither waits for
+        // its FIN (a client may send it only after the Exit) nor reads what
+        // follows. A reset, before or after that FIN, means the client gave
+        // up on the call; `stream.failed` tells of it, and of a session that
+        // ended, in this fiber, with no read of the stream kept waiting.
         yield* Effect.gen(function*() {
           const accepted = yield* Effect.exit(writeRequest(clientId, request))
-          if (Exit.isFailure(accepted)) return yield* call.stream.reset(Session.Code.REFUSED_STREAM)
-          yield* Effect.exit(writeRequest(clientId, { _tag: "Eof" }))
-          const outcome = yield* Effect.raceAll(racers)
-          if (outcome === "answered") return
-          if (outcome === "deadline") {
-            stats.deadlines++
-            yield* stream.reset(CODE_DEADLINE_EXCEEDED)
+          if (Exit.isFailure(accepted)) {
+            call.answered = true
+            return yield* call.stream.reset(Session.Code.REFUSED_STREAM)
           }
+          yield* Effect.exit(writeRequest(clientId, constEof))
+          if (call.answered) return
+          if (timeout !== undefined) {
+            // Its reset ends the wait below as any failure does; a child of
+            // this fiber, it ends with the call.
+            yield* Effect.forkChild(
+              Effect.andThen(Effect.sleep(Duration.millis(timeout)), stream.reset(CODE_DEADLINE_EXCEEDED))
+            )
+          }
+          const failure = yield* Effect.withFiber((fiber) => {
+            call.waiter = fiber
+            return stream.failed
+          })
+          call.waiter = undefined
+          const reason = failure.reason
+          if (reason._tag === "StreamReset" && !reason.byPeer && reason.code === CODE_DEADLINE_EXCEEDED) stats.deadlines++
+          else stats.cancelled++
           // The server interrupts the handler of a disconnected client.
           Queue.offerUnsafe(disconnects, clientId)
         }).pipe(
           Effect.onExit(() =>
             Effect.sync(() => {
+              // Interrupted while the handler runs (the session's handlers
+              // are stopping): the handler is stopped too.
+              if (call.waiter !== undefined) Queue.offerUnsafe(disconnects, clientId)
               stats.running--
               calls.delete(clientId)
               clientIds.delete(clientId)

@@ -11,6 +11,7 @@ import { RpcClient, type RpcClientError, type RpcSerialization } from "effect/rp
 import type { FromClientEncoded, FromServerEncoded, RequestEncoded } from "effect/rpc/RpcMessage"
 import * as Schema from "effect/Schema"
 import { DeadlineExceeded, RpcTransportError, toClientError } from "../RpcTransportError.ts"
+import { withByteChunks } from "./byteChunks.ts"
 import { timeoutOf } from "./wire.ts"
 
 /** Options every client protocol takes. */
@@ -64,35 +65,35 @@ export const makeProtocol = (
       const grace = Duration.toMillis(Duration.fromInputUnsafe(options?.deadlineGrace ?? "1 second"))
       const idempotent = options?.idempotent
 
-      const runCall = (clientId: number, request: RequestEncoded): Effect.Effect<void, RpcClientError.RpcClientError> =>
-        Effect.suspend(() => {
-          const timeout = timeoutOf(request.headers)
-          const mayRepeat = idempotent?.has(request.tag) ?? false
-          let delivered = false
-          const deliver = (message: FromServerEncoded): Effect.Effect<void> => {
-            if (message._tag === "Chunk") delivered = true
-            return writeResponse(clientId, message)
-          }
-          const once = carrier.attempt(request, deliver)
-          const bounded = timeout === undefined ? once : Effect.timeoutOrElse(once, {
-            duration: Duration.millis(timeout + grace),
-            orElse: () =>
-              Effect.fail(
-                new RpcTransportError({
-                  reason: new DeadlineExceeded({ timeoutMillis: timeout, byServer: false }),
-                  retryable: false
-                })
-              )
-          })
-          const loop = (attempt: number): Effect.Effect<void, RpcClientError.RpcClientError> =>
-            Effect.catch(bounded, (error) => {
-              const again = attempt < retries && !delivered &&
-                (retryWorthy(error) || (mayRepeat && error.reason._tag === "ConnectionLost"))
-              if (!again) return Effect.fail(toClientError(error))
-              return Effect.andThen(Effect.sleep(Duration.millis(retryDelay * (attempt + 1))), loop(attempt + 1))
-            })
-          return loop(0)
+      // Called as effect/rpc runs the send, so its state is already per call: no suspension needed.
+      const runCall = (clientId: number, request: RequestEncoded): Effect.Effect<void, RpcClientError.RpcClientError> => {
+        const timeout = timeoutOf(request.headers)
+        const mayRepeat = idempotent?.has(request.tag) ?? false
+        let delivered = false
+        const deliver = (message: FromServerEncoded): Effect.Effect<void> => {
+          if (message._tag === "Chunk") delivered = true
+          return writeResponse(clientId, message)
+        }
+        const once = carrier.attempt(request, deliver)
+        const bounded = timeout === undefined ? once : Effect.timeoutOrElse(once, {
+          duration: Duration.millis(timeout + grace),
+          orElse: () =>
+            Effect.fail(
+              new RpcTransportError({
+                reason: new DeadlineExceeded({ timeoutMillis: timeout, byServer: false }),
+                retryable: false
+              })
+            )
         })
+        const loop = (attempt: number): Effect.Effect<void, RpcClientError.RpcClientError> =>
+          Effect.catch(bounded, (error) => {
+            const again = attempt < retries && !delivered &&
+              (retryWorthy(error) || (mayRepeat && error.reason._tag === "ConnectionLost"))
+            if (!again) return Effect.fail(toClientError(error))
+            return Effect.andThen(Effect.sleep(Duration.millis(retryDelay * (attempt + 1))), loop(attempt + 1))
+          })
+        return loop(0)
+      }
 
       const send = (clientId: number, message: FromClientEncoded): Effect.Effect<void, RpcClientError.RpcClientError> => {
         switch (message._tag) {
@@ -110,7 +111,8 @@ export const makeProtocol = (
         send,
         supportsAck: carrier.supportsAck,
         supportsTransferables: false,
-        codecFor: serialization.codecFor
+        // Byte chunks are read as views of the message that carried them.
+        codecFor: withByteChunks(serialization).codecFor
       }
     })
   )

@@ -9,6 +9,9 @@ import type * as Scope from "effect/Scope"
 import type * as Socket from "effect/socket/Socket"
 import { Delineation, type DelineationError, type MuxStream, Transport } from "@plexus/core"
 
+/** Parts up to this size are copied into the write in front of them rather than written on their own. */
+const SMALL_PART = 256
+
 /** Why reading a stream's next message failed. */
 export type ReadFailure =
   | { readonly _tag: "TooLarge"; readonly size: number; readonly max: number }
@@ -19,8 +22,8 @@ export interface FramedStream {
   /** The next message, or undefined at the peer's FIN. */
   readonly next: Effect.Effect<Uint8Array | undefined, ReadFailure>
   readonly send: (message: Uint8Array) => Effect.Effect<void, Socket.SocketError>
-  /** Sends one message made of two parts, the second by reference (not copied). */
-  readonly sendParts: (parts: readonly [Uint8Array, Uint8Array]) => Effect.Effect<void, Socket.SocketError>
+  /** Sends one message made of parts: the first is copied behind the length prefix, the rest go by reference. */
+  readonly sendParts: (parts: ReadonlyArray<Uint8Array>) => Effect.Effect<void, Socket.SocketError>
 }
 
 const toFailure = (error: DelineationError.DelineationError): ReadFailure =>
@@ -73,18 +76,31 @@ export const make = (
         if (!Array.isArray(frames)) return Effect.die(frames)
         return writer.writeAll(frames as unknown as NonEmptyReadonlyArray<Uint8Array>)
       })
-    const sendParts = (parts: readonly [Uint8Array, Uint8Array]): Effect.Effect<void, Socket.SocketError> =>
+    const sendParts = (parts: ReadonlyArray<Uint8Array>): Effect.Effect<void, Socket.SocketError> =>
       Effect.suspend(() => {
-        const [head, body] = parts
-        const length = head.length + body.length
-        // The 4-byte prefix of docs/spec/delineation.md's lengthPrefix, in front of the head.
-        const first = new Uint8Array(4 + head.length)
+        let length = 0
+        for (let i = 0; i < parts.length; i++) length += parts[i].length
+        // The small parts in front (the head, a frame header) are copied
+        // behind the 4-byte prefix of docs/spec/delineation.md's lengthPrefix.
+        let small = 0
+        let headLength = 0
+        while (small < parts.length && (small === 0 || parts[small].length <= SMALL_PART)) {
+          headLength += parts[small].length
+          small++
+        }
+        const first = new Uint8Array(4 + headLength)
         first[0] = length >>> 24
         first[1] = (length >>> 16) & 0xff
         first[2] = (length >>> 8) & 0xff
         first[3] = length & 0xff
-        first.set(head, 4)
-        return writer.writeAll([first, body])
+        let at = 4
+        for (let i = 0; i < small; i++) {
+          first.set(parts[i], at)
+          at += parts[i].length
+        }
+        const chunks: Array<Uint8Array> = [first]
+        for (let i = small; i < parts.length; i++) chunks.push(parts[i])
+        return writer.writeAll(chunks as unknown as NonEmptyReadonlyArray<Uint8Array>)
       })
     return { next, send, sendParts }
   })

@@ -10,6 +10,11 @@ export class Mailbox<A> {
   private items: Array<A> | undefined = undefined
   private waker: ((effect: Effect.Effect<A>) => void) | undefined = undefined
 
+  /** Whether the call's fiber waits here with nothing left to handle. */
+  get waiting(): boolean {
+    return this.waker !== undefined
+  }
+
   offer(item: A): void {
     const waker = this.waker
     if (waker !== undefined) {

@@ -1,9 +1,10 @@
 /**
- * The messages a carrier sends, written together: every message queued in
+ * The messages a carrier sends, written together: the messages queued in
  * one turn of the event loop (the requests of many calls, their answers)
- * leaves in one `sendAll` once the turn's synchronous work is done. While
- * a write waits for the transport (backpressure), messages queue behind it
- * and leave in the next one. Order is kept.
+ * leave in `sendAll`s of a few messages each, the last once the turn's
+ * synchronous work is done. While a write waits for the transport
+ * (backpressure), messages queue behind it and leave in the next one.
+ * Order is kept.
  *
  * A message may carry a hook told when its write failed: the client uses
  * it to fail the call whose request it was.
@@ -18,6 +19,16 @@ import * as Exit from "effect/Exit"
 import type { MessageTransport } from "@plexus/core"
 
 export type OnFailure = (error: unknown) => void
+
+/**
+ * Messages that make a batch leave at once, without waiting for the end of
+ * the turn: the peer starts on them while this side produces the rest.
+ * Waiting for the whole turn made the two processes take turns (one idle
+ * while the other worked through a batch of ~100 calls), which cost up to
+ * half the calls per second of 100 concurrent callers on two cores; a few
+ * messages per write keep both busy at a dozen writes per hundred calls.
+ */
+const FLUSH_AT = 8
 
 export class Outbox {
   private readonly transport: MessageTransport.MessageTransport<unknown>
@@ -52,6 +63,9 @@ export class Outbox {
       this.hooks[this.queue.length] = onFailure
     }
     this.queue.push(message)
+    // A full batch leaves at once, so the peer starts on it while this side
+    // is still producing the rest of the turn's messages.
+    if (this.queue.length >= FLUSH_AT && !this.writing) return this.flush()
     if (!this.scheduled && !this.writing) {
       this.scheduled = true
       queueMicrotask(this.flush)

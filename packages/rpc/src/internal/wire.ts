@@ -6,6 +6,7 @@
  */
 import type { RpcSerialization } from "effect/rpc"
 import type { FromClientEncoded, FromServerEncoded } from "effect/rpc/RpcMessage"
+import { ByteFrame } from "./byteChunks.ts"
 
 /** Message kinds (spec: RPC messages). */
 export const KIND_ENVELOPE = 0x00
@@ -30,15 +31,24 @@ const MAX_ID_BYTES = 0xffff
 /** The text form of a request id, the key of every table of calls. */
 export const idKey = (id: string | number): string => typeof id === "string" ? id : String(id)
 
+/** Whether every code unit of `s` is ASCII (then its UTF-8 is its code units). */
+const isAscii = (s: string): boolean => {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false
+  return true
+}
+
 /** A kind with a call id and an optional tail. */
 export const control = (kind: number, id: string, tail?: Uint8Array): Uint8Array => {
-  const idBytes = encoder.encode(id)
-  const length = Math.min(idBytes.length, MAX_ID_BYTES)
+  // Ids are mostly decimal numbers: written straight in, no encoder and no second buffer.
+  const ascii = id.length <= MAX_ID_BYTES && isAscii(id)
+  const idBytes = ascii ? undefined : encoder.encode(id)
+  const length = ascii ? id.length : Math.min(idBytes!.length, MAX_ID_BYTES)
   const out = new Uint8Array(3 + length + (tail?.length ?? 0))
   out[0] = kind
   out[1] = length >>> 8
   out[2] = length & 0xff
-  out.set(idBytes.subarray(0, length), 3)
+  if (ascii) for (let i = 0; i < length; i++) out[3 + i] = id.charCodeAt(i)
+  else out.set(idBytes!.subarray(0, length), 3)
   if (tail !== undefined) out.set(tail, 3 + length)
   return out
 }
@@ -97,15 +107,19 @@ export class Codec<In, Out> {
 
   /**
    * A Chunk whose values the serialization already wrote as bytes (the
-   * schema-binary `codecFor` does) as a CHUNK message in two parts: its
-   * head (kind and call id) and the values, by reference, never copied nor
+   * schema-binary `codecFor` does; byte chunks arrive as a `ByteFrame`
+   * holding them by reference) as a CHUNK message in parts: its head (kind
+   * and call id), then the values' bytes, by reference, never copied nor
    * serialized again. Undefined for any other message.
    */
-  chunkParts(message: Out): readonly [Uint8Array, Uint8Array] | undefined {
+  chunkParts(message: Out): ReadonlyArray<Uint8Array> | undefined {
     const m = message as { readonly _tag?: unknown; readonly requestId?: unknown; readonly values?: unknown }
-    if (m._tag !== "Chunk" || !(m.values instanceof Uint8Array)) return undefined
+    if (m._tag !== "Chunk") return undefined
     if (typeof m.requestId !== "string" && typeof m.requestId !== "number") return undefined
-    return [control(KIND_CHUNK, idKey(m.requestId)), m.values]
+    const values = m.values
+    if (values instanceof ByteFrame) return [control(KIND_CHUNK, idKey(m.requestId)), ...values.parts]
+    if (values instanceof Uint8Array) return [control(KIND_CHUNK, idKey(m.requestId)), values]
+    return undefined
   }
 
   /** The envelope inside a DEFECT's tail. */
@@ -150,11 +164,16 @@ export class Codec<In, Out> {
   }
 }
 
-/** The two parts of a CHUNK message as one message. */
-export const joinParts = (parts: readonly [Uint8Array, Uint8Array]): Uint8Array => {
-  const out = new Uint8Array(parts[0].length + parts[1].length)
-  out.set(parts[0], 0)
-  out.set(parts[1], parts[0].length)
+/** The parts of a CHUNK message as one message. */
+export const joinParts = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
+  let length = 0
+  for (let i = 0; i < parts.length; i++) length += parts[i].length
+  const out = new Uint8Array(length)
+  let at = 0
+  for (let i = 0; i < parts.length; i++) {
+    out.set(parts[i], at)
+    at += parts[i].length
+  }
   return out
 }
 
