@@ -10,9 +10,9 @@ import * as Fiber from "effect/Fiber"
 import { RpcSerialization } from "effect/rpc"
 import * as Scope from "effect/Scope"
 import { Memory, MuxStream, Session } from "@plexus/core"
-import { RpcSession } from "../src/index.ts"
+import { Idempotent, RpcSession } from "../src/index.ts"
 import * as FramedStream from "../src/internal/framedStream.ts"
-import { makeProbe } from "./fixtures/Api.ts"
+import { Api, makeProbe } from "./fixtures/Api.ts"
 import { kcmOnMemory, sessionOnMemory } from "./fixtures/Connect.ts"
 import { clientOf, eventually, serveApi, start, transportError } from "./fixtures/RpcSuite.ts"
 
@@ -139,6 +139,40 @@ describe("RPC hostile input over a session", () => {
       assert.isFalse(first?.retryable)
       assert.isTrue(second?.retryable)
       yield* eventually("the handler of the lost call exited", () => probe.running === 0)
+    }))
+
+  it.live("a call that may have run is retried on another connection only when its Rpc is idempotent", () =>
+    Effect.gen(function*() {
+      const scope = yield* Effect.scope
+      const probes = [makeProbe(), makeProbe(), makeProbe()]
+      const servers: Array<{ readonly pair: Memory.BytePair }> = []
+      const dial = Effect.gen(function*() {
+        const index = servers.length
+        const pair = yield* Memory.makeBytePair().pipe(Scope.provide(scope))
+        const serverSession = yield* Session.make(pair.b, { role: "server" }).pipe(Scope.provide(scope))
+        const control = yield* RpcSession.makeServer().pipe(Scope.provide(scope))
+        yield* control.attach(serverSession).pipe(Scope.provide(scope))
+        yield* serveApi(control.protocol, probes[index]).pipe(Scope.provide(scope))
+        servers.push({ pair })
+        return yield* Session.make(pair.a, { role: "client" })
+      })
+      const client = yield* clientOf(
+        yield* RpcSession.makeClientProtocol({ dial }, { idempotent: Idempotent.tagsOf(Api) })
+      )
+      // Both calls reach the first server and run there; their answers never come back.
+      yield* client.Echo({ text: "warm" })
+      yield* servers[0].pair.bToA.stall
+      const read = yield* Effect.forkChild(client.Read({ key: "k" }))
+      const sleep = yield* Effect.forkChild(Effect.exit(client.Sleep({ millis: 1 })))
+      yield* eventually("both calls ran on the first server", () => probes[0].started === 2)
+      yield* servers[0].pair.abort
+      // Read is idempotent: run again on a new connection, it answers.
+      assert.strictEqual(yield* Fiber.join(read), "value of k")
+      // Sleep may have run: it is not repeated.
+      const error = transportError(yield* Fiber.join(sleep))
+      assert.strictEqual(error?.reason._tag, "ConnectionLost")
+      assert.isFalse(error?.retryable)
+      assert.strictEqual(probes[1].started + probes[2].started, 1, "only Read ran again")
     }))
 
   it.live("a draining server finishes its call in flight; a call it never started goes out on another connection", () =>
