@@ -9,80 +9,22 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as esbuild from "esbuild"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
-import type * as Net from "node:net"
 import * as Path from "node:path"
-import { chromium } from "playwright-core"
+import { bundlePage, CHROMIUM, launch, servePage } from "../fixtures/Chromium.ts"
 import { listenChannels } from "../channelServer.ts"
 import type { PageReport } from "./page.ts"
-
-const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium"
-
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-quic"
-]
-
-const bundle = Effect.promise(async () => {
-  const result = await esbuild.build({
-    entryPoints: [Path.join(import.meta.dirname, "page.ts")],
-    bundle: true,
-    format: "esm",
-    platform: "browser",
-    target: "es2022",
-    write: false,
-    logLevel: "silent"
-  })
-  const code = result.outputFiles[0]!.text
-  for (const match of code.matchAll(/from\s*["'](node:[^"']+|ws)["']/g)) throw new Error(`the bundle imports ${match[1]}`)
-  return code
-})
-
-/** Serves the page and its bundle on 127.0.0.1 until the Scope closes. */
-const servePage = (script: string) =>
-  Effect.acquireRelease(
-    Effect.callback<Http.Server>((resume) => {
-      const server = Http.createServer((request, response) => {
-        if (request.url === "/page.js") {
-          response.writeHead(200, { "content-type": "text/javascript" }).end(script)
-        } else if (request.url === "/") {
-          response.writeHead(200, { "content-type": "text/html" })
-            .end("<!doctype html><meta charset=\"utf-8\"><title>plexus channels</title><link rel=\"icon\" href=\"data:,\"><script type=\"module\" src=\"/page.js\"></script>")
-        } else {
-          response.writeHead(404).end()
-        }
-      })
-      server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-    }),
-    (server) =>
-      Effect.callback<void>((resume) => {
-        server.close(() => resume(Effect.void))
-      })
-  ).pipe(Effect.map((server) => `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}/`))
-
-const launch = Effect.acquireRelease(
-  Effect.promise(() => chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS })),
-  (browser) => Effect.promise(() => browser.close())
-)
 
 describe("channels in chromium", () => {
   it.live("a page opens channels through a 401 → credentials → 101 handshake and uses them as WebSockets", () =>
     Effect.gen(function*() {
       assert.isTrue(Fs.existsSync(CHROMIUM), `no chromium at ${CHROMIUM}`)
-      const script = yield* bundle
+      const script = yield* bundlePage(Path.join(import.meta.dirname, "page.ts"))
       const { url, authRequests, connections } = yield* listenChannels({
         token: "letmein",
         listen: { protocols: ["app.v1"] }
       })
-      const pageUrl = yield* servePage(script)
+      const pageUrl = yield* servePage(script, "plexus channels")
       const browser = yield* launch
       const page = yield* Effect.promise(() => browser.newPage())
       const consoleErrors: Array<string> = []
