@@ -26,11 +26,11 @@ import type { Buffer } from "node:buffer"
 import * as Url from "node:url"
 import * as Child from "../harness/Child.ts"
 import { makePool, messageHash } from "../harness/Payload.ts"
+import { sendPlainWs } from "../harness/PlainWs.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
 
 const HOST = "127.0.0.1"
 const POOL = 64
-const WRITE_HIGH_WATER_MARK = 1024 * 1024
 const MAX_PAYLOAD = 1024 * 1024
 
 
@@ -153,32 +153,10 @@ type Send = (
 ) => Promise<void>
 
 const sendWs: Send = async (port, pool, streams, count) => {
-  const { default: WebSocket } = await import("ws")
-  const one = async (offset: number) => {
-    const ws = new WebSocket(`ws://${HOST}:${port}/`, { perMessageDeflate: false, maxPayload: MAX_PAYLOAD })
-    await new Promise<void>((resolve, reject) => {
-      ws.once("open", () => resolve())
-      ws.once("error", reject)
-    })
-    let i = 0
-    await new Promise<void>((resolve, reject) => {
-      const pump = () => {
-        while (i < count) {
-          const m = pool[(offset + i) % pool.length]!
-          i++
-          if (ws.bufferedAmount + m.length > WRITE_HIGH_WATER_MARK) {
-            ws.send(m, (error) => (error ? reject(error) : pump()))
-            return
-          }
-          ws.send(m)
-        }
-        resolve()
-      }
-      pump()
-    })
-    ws.close(1000)
-  }
-  await Promise.all(Array.from({ length: streams }, (_, s) => one(s)))
+  await Promise.all(
+    Array.from({ length: streams }, (_, offset) =>
+      sendPlainWs(`ws://${HOST}:${port}/`, pool, count, { offset, maxPayload: MAX_PAYLOAD }))
+  )
 }
 
 const sendPlexus: Send = async (port, pool, streams, count, received) => {

@@ -23,6 +23,7 @@ import { Buffer } from "node:buffer"
 import * as Url from "node:url"
 import * as Child from "../harness/Child.ts"
 import { makePool, messageHash } from "../harness/Payload.ts"
+import { sendPlainWs } from "../harness/PlainWs.ts"
 import type { Contest, Row, RunOptions, Suite } from "../harness/Suite.ts"
 
 const HOST = "127.0.0.1"
@@ -33,7 +34,6 @@ const QUICK_MESSAGES = 40_000
 const BYTES_WRITE = 64 * 1024
 const FULL_BYTES = 64 * 2 ** 20
 const QUICK_BYTES = 16 * 2 ** 20
-const WRITE_HIGH_WATER_MARK = 1024 * 1024
 
 type Mode = "messages" | "bytes"
 type Impl = "plexus" | "ws"
@@ -149,31 +149,7 @@ const runPeer = async (impl: Impl, mode: Mode) => {
 /** Sends `count` items of `pool` (round robin) to `port`, closes, holds the connection until `received` settles. */
 type Send = (port: number, pool: ReadonlyArray<Buffer>, count: number, received: Promise<unknown>) => Promise<void>
 
-const sendWs: Send = async (port, pool, count) => {
-  const { default: WebSocket } = await import("ws")
-  const ws = new WebSocket(`ws://${HOST}:${port}/`, { perMessageDeflate: false })
-  await new Promise<void>((resolve, reject) => {
-    ws.once("open", () => resolve())
-    ws.once("error", reject)
-  })
-  let i = 0
-  await new Promise<void>((resolve, reject) => {
-    const pump = () => {
-      while (i < count) {
-        const m = pool[i % pool.length]!
-        i++
-        if (ws.bufferedAmount + m.length > WRITE_HIGH_WATER_MARK) {
-          ws.send(m, (error) => (error ? reject(error) : pump()))
-          return
-        }
-        ws.send(m)
-      }
-      resolve()
-    }
-    pump()
-  })
-  ws.close(1000)
-}
+const sendWs: Send = (port, pool, count) => sendPlainWs(`ws://${HOST}:${port}/`, pool, count)
 
 const sendPlexusMessages: Send = async (port, pool, count, received) => {
   const { NodeWs } = await import("@plexus/transport-ws")

@@ -12,9 +12,9 @@ import * as Scope from "effect/Scope"
 import { Memory, MuxStream, Session } from "@plexus/core"
 import { Idempotent, RpcSession } from "../src/index.ts"
 import * as FramedStream from "../src/internal/framedStream.ts"
-import { Api, makeProbe } from "./fixtures/Api.ts"
+import { Api, makeProbe, type Probe } from "./fixtures/Api.ts"
 import { kcmOnMemory, sessionOnMemory } from "./fixtures/Connect.ts"
-import { clientOf, eventually, serveApi, start, transportError } from "./fixtures/RpcSuite.ts"
+import { clientOf, eventually, type Protocols, serveApi, start, transportError } from "./fixtures/RpcSuite.ts"
 
 const json = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.provideService(effect, RpcSerialization.RpcSerialization, RpcSerialization.json)
@@ -51,6 +51,44 @@ const rawCall = (session: Session.Session, message: Uint8Array) =>
 const request = (id: number, tag: string, payload: unknown) => ({ _tag: "Request", id, tag, payload, headers: [] })
 
 const dieMessage = (exit: any): string => JSON.stringify(exit?.exit?.cause ?? exit)
+
+/** 1,000 calls cancelled at once: each handler is interrupted, and none is left running. */
+const cancellationStorm = (
+  protocols: Protocols & { readonly serverControl: { readonly stats: Effect.Effect<{ readonly running: number }> } }
+) =>
+  Effect.gen(function*() {
+    const probe = makeProbe()
+    const client = yield* start(protocols, probe)
+    const calls = yield* Effect.forEach(
+      Array.from({ length: 1000 }),
+      // Forked by the test's fiber itself, so they live until interrupted.
+      () => Effect.forkChild(client.Hang({}))
+    )
+    yield* eventually("1,000 handlers running", () => probe.running === 1000, 30)
+    yield* Effect.forEach(calls, Fiber.interrupt, { concurrency: "unbounded", discard: true })
+    yield* eventually("every handler exited", () => probe.running === 0, 30)
+    assert.strictEqual(probe.interrupted, 1000)
+    assert.strictEqual((yield* protocols.serverControl.stats).running, 0)
+  })
+
+/**
+ * A dial for a client that connects to a new server each time: server `i`
+ * reports to `probes[i]`. The servers live in `scope`.
+ */
+const serverPerDial = (probes: ReadonlyArray<Probe>, scope: Scope.Scope) => {
+  const servers: Array<{ readonly control: RpcSession.Server; readonly pair: Memory.BytePair }> = []
+  const dial = Effect.gen(function*() {
+    const index = servers.length
+    const pair = yield* Memory.makeBytePair().pipe(Scope.provide(scope))
+    const serverSession = yield* Session.make(pair.b, { role: "server" }).pipe(Scope.provide(scope))
+    const control = yield* RpcSession.makeServer().pipe(Scope.provide(scope))
+    yield* control.attach(serverSession).pipe(Scope.provide(scope))
+    yield* serveApi(control.protocol, probes[index]).pipe(Scope.provide(scope))
+    servers.push({ control, pair })
+    return yield* Session.make(pair.a, { role: "client" })
+  })
+  return { dial, servers }
+}
 
 describe("RPC hostile input over a session", () => {
   it.live("a schema-invalid payload is answered with a defect and the handler never runs", () =>
@@ -106,21 +144,7 @@ describe("RPC hostile input over a session", () => {
     }))
 
   it.live("a storm of 1,000 cancelled calls leaves no handler running", () =>
-    Effect.gen(function*() {
-      const probe = makeProbe()
-      const pair = yield* sessionOnMemory()
-      const client = yield* start(pair, probe)
-      const calls = yield* Effect.forEach(
-        Array.from({ length: 1000 }),
-        // Forked by the test's fiber itself, so they live until interrupted.
-        () => Effect.forkChild(client.Hang({}))
-      )
-      yield* eventually("1,000 handlers running", () => probe.running === 1000, 30)
-      yield* Effect.forEach(calls, Fiber.interrupt, { concurrency: "unbounded", discard: true })
-      yield* eventually("every handler exited", () => probe.running === 0, 30)
-      assert.strictEqual(probe.interrupted, 1000)
-      assert.strictEqual((yield* pair.serverControl.stats).running, 0)
-    }))
+    Effect.flatMap(sessionOnMemory(), cancellationStorm))
 
   it.live("a lost connection fails a call in flight as not retryable, and one never sent as retryable", () =>
     Effect.gen(function*() {
@@ -143,19 +167,8 @@ describe("RPC hostile input over a session", () => {
 
   it.live("a call that may have run is retried on another connection only when its Rpc is idempotent", () =>
     Effect.gen(function*() {
-      const scope = yield* Effect.scope
       const probes = [makeProbe(), makeProbe(), makeProbe()]
-      const servers: Array<{ readonly pair: Memory.BytePair }> = []
-      const dial = Effect.gen(function*() {
-        const index = servers.length
-        const pair = yield* Memory.makeBytePair().pipe(Scope.provide(scope))
-        const serverSession = yield* Session.make(pair.b, { role: "server" }).pipe(Scope.provide(scope))
-        const control = yield* RpcSession.makeServer().pipe(Scope.provide(scope))
-        yield* control.attach(serverSession).pipe(Scope.provide(scope))
-        yield* serveApi(control.protocol, probes[index]).pipe(Scope.provide(scope))
-        servers.push({ pair })
-        return yield* Session.make(pair.a, { role: "client" })
-      })
+      const { dial, servers } = serverPerDial(probes, yield* Effect.scope)
       const client = yield* clientOf(
         yield* RpcSession.makeClientProtocol({ dial }, { idempotent: Idempotent.tagsOf(Api) })
       )
@@ -177,20 +190,9 @@ describe("RPC hostile input over a session", () => {
 
   it.live("a draining server finishes its call in flight; a call it never started goes out on another connection", () =>
     Effect.gen(function*() {
-      const scope = yield* Effect.scope
       const probes = [makeProbe(), makeProbe()]
-      const servers: Array<{ readonly control: RpcSession.Server; readonly pair: Memory.BytePair }> = []
       // Each dial connects to a server of its own.
-      const dial = Effect.gen(function*() {
-        const index = servers.length
-        const pair = yield* Memory.makeBytePair().pipe(Scope.provide(scope))
-        const serverSession = yield* Session.make(pair.b, { role: "server" }).pipe(Scope.provide(scope))
-        const control = yield* RpcSession.makeServer().pipe(Scope.provide(scope))
-        yield* control.attach(serverSession).pipe(Scope.provide(scope))
-        yield* serveApi(control.protocol, probes[index]).pipe(Scope.provide(scope))
-        servers.push({ control, pair })
-        return yield* Session.make(pair.a, { role: "client" })
-      })
+      const { dial, servers } = serverPerDial(probes, yield* Effect.scope)
       const client = yield* clientOf(yield* RpcSession.makeClientProtocol({ dial }))
       const inFlight = yield* Effect.forkChild(client.Sleep({ millis: 300 }))
       yield* eventually("the first call reached its handler", () => probes[0].running === 1)
@@ -248,21 +250,7 @@ describe("RPC hostile input over a KCM pool", () => {
     })))
 
   it.live("a storm of 1,000 cancelled calls leaves no handler running", () =>
-    Effect.gen(function*() {
-      const probe = makeProbe()
-      const pool = yield* kcmOnMemory()
-      const client = yield* start(pool, probe)
-      const calls = yield* Effect.forEach(
-        Array.from({ length: 1000 }),
-        // Forked by the test's fiber itself, so they live until interrupted.
-        () => Effect.forkChild(client.Hang({}))
-      )
-      yield* eventually("1,000 handlers running", () => probe.running === 1000, 30)
-      yield* Effect.forEach(calls, Fiber.interrupt, { concurrency: "unbounded", discard: true })
-      yield* eventually("every handler exited", () => probe.running === 0, 30)
-      assert.strictEqual(probe.interrupted, 1000)
-      assert.strictEqual((yield* pool.serverControl.stats).running, 0)
-    }))
+    Effect.flatMap(kcmOnMemory(), cancellationStorm))
 
   it.live("a draining server refuses new calls as retryable and finishes the one in flight", () =>
     Effect.gen(function*() {

@@ -21,8 +21,6 @@ export interface CloseInfo {
   readonly channelCode: number | undefined
 }
 
-/** The WebSocket close code for a channel code. @internal */
-export const wsCodeOf = ChannelError.webSocketCloseCode
 
 /** The WebSocket limit on a close reason, in UTF-8 bytes. @internal */
 export const MAX_REASON_BYTES = 123
@@ -54,7 +52,7 @@ export const clipReason = (text: string): string => {
 export const gracefulInfo = (channel: Channels.Channel): CloseInfo => {
   const closing = channel.closing
   if (closing === undefined) return { code: 1005, reason: "", wasClean: true, channelCode: undefined }
-  return { code: wsCodeOf(closing.code), reason: closing.reason, wasClean: true, channelCode: closing.code }
+  return { code: ChannelError.webSocketCloseCode(closing.code), reason: closing.reason, wasClean: true, channelCode: closing.code }
 }
 
 /** The close event of a channel that ended with `error`. @internal */
@@ -63,7 +61,7 @@ export const failureInfo = (error: ChannelError.ChannelError): CloseInfo => {
   switch (reason._tag) {
     case "ChannelClosed":
       return {
-        code: wsCodeOf(reason.code),
+        code: ChannelError.webSocketCloseCode(reason.code),
         reason: clipReason(reason.reason !== "" ? reason.reason : ChannelError.codeName(reason.code)),
         wasClean: !reason.aborted,
         channelCode: reason.code
@@ -77,7 +75,7 @@ export const failureInfo = (error: ChannelError.ChannelError): CloseInfo => {
     default: {
       const channelCode = "code" in reason && typeof reason.code === "number" ? reason.code : undefined
       return {
-        code: channelCode === undefined ? 1011 : wsCodeOf(channelCode),
+        code: channelCode === undefined ? 1011 : ChannelError.webSocketCloseCode(channelCode),
         reason: clipReason(reason.message),
         wasClean: false,
         channelCode
