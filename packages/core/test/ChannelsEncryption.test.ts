@@ -16,6 +16,7 @@ import * as Channels from "../src/Channels.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import * as MessageTransport from "../src/MessageTransport.ts"
+import { pullUntilFailure } from "./fixtures/ChannelFailures.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
@@ -101,20 +102,6 @@ const failureOf = <A>(exit: Exit.Exit<A, ChannelError.ChannelError | Cause.Done>
   if (error._tag !== "Some" || Cause.isDone(error.value)) throw new Error(`not a typed failure: ${Cause.pretty(exit.cause)}`)
   return error.value
 }
-
-/** Pulls until the channel fails; answers the error and what arrived before it. */
-const pullUntilFailure = (channel: Channels.Channel) =>
-  Effect.gen(function*() {
-    const got: Array<string> = []
-    while (true) {
-      const exit = yield* Effect.exit(channel.pull)
-      if (Exit.isSuccess(exit)) {
-        for (const m of exit.value) got.push(str(m))
-        continue
-      }
-      return { error: failureOf(exit), got }
-    }
-  })
 
 const dataOn = (messages: ReadonlyArray<Uint8Array>, channelId: number) =>
   messages.filter((m) => F.channelIdOf(m) === channelId)

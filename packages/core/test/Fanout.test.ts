@@ -5,7 +5,6 @@
  * control messages are built byte by byte.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -16,6 +15,7 @@ import * as Fanout from "../src/Fanout.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import type * as MessageTransport from "../src/MessageTransport.ts"
+import { failureCode, until } from "./fixtures/ChannelFailures.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
@@ -36,30 +36,6 @@ const take = (channel: Channels.Channel, n: number) =>
       for (const m of batch) out.push(str(m))
     }
     return out
-  })
-
-const codeOf = (error: unknown): number | undefined => {
-  if (error instanceof ChannelError.ChannelError) {
-    const reason = error.reason
-    return "code" in reason && typeof reason.code === "number" ? reason.code : undefined
-  }
-  return undefined
-}
-
-const failureCode = <A, E>(exit: Exit.Exit<A, E>): number | undefined => {
-  if (!Exit.isFailure(exit)) return undefined
-  const error = Cause.findErrorOption(exit.cause)
-  return error._tag === "Some" ? codeOf(error.value) : undefined
-}
-
-/** Polls a node's counters until `ok` (the node works in its own fibers). */
-const until = <A>(read: Effect.Effect<A>, ok: (a: A) => boolean) =>
-  Effect.gen(function*() {
-    while (true) {
-      const value = yield* read
-      if (ok(value)) return value
-      yield* Effect.sleep(Duration.millis(2))
-    }
   })
 
 const upperFilter: Fanout.FilterFactory = (data) => data.length === 0 ? (p) => p[0] >= 0x41 && p[0] <= 0x5a : undefined

@@ -7,7 +7,6 @@
  * tamper with) what the edge writes.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -18,6 +17,7 @@ import * as Fanout from "../src/Fanout.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import * as MessageTransport from "../src/MessageTransport.ts"
+import { failureCode, pullUntilFailure, until } from "./fixtures/ChannelFailures.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
@@ -40,45 +40,6 @@ const take = (channel: Channels.Channel, n: number) =>
     const out: Array<string> = []
     while (out.length < n) for (const m of yield* channel.pull) out.push(str(m))
     return out
-  })
-
-/** Pulls until the channel fails: what arrived before, and the failure. */
-const pullUntilFailure = (channel: Channels.Channel) =>
-  Effect.gen(function*() {
-    const got: Array<string> = []
-    while (true) {
-      const exit = yield* Effect.exit(channel.pull)
-      if (Exit.isSuccess(exit)) {
-        for (const m of exit.value) got.push(str(m))
-        continue
-      }
-      const error = Cause.findErrorOption(exit.cause)
-      if (error._tag !== "Some" || Cause.isDone(error.value)) throw new Error(`not a typed failure: ${Cause.pretty(exit.cause)}`)
-      return { got, error: error.value }
-    }
-  })
-
-const codeOf = (error: unknown): number | undefined => {
-  if (error instanceof ChannelError.ChannelError) {
-    const reason = error.reason
-    return "code" in reason && typeof reason.code === "number" ? reason.code : undefined
-  }
-  return undefined
-}
-
-const failureCode = <A, E>(exit: Exit.Exit<A, E>): number | undefined => {
-  if (!Exit.isFailure(exit)) return undefined
-  const error = Cause.findErrorOption(exit.cause)
-  return error._tag === "Some" ? codeOf(error.value) : undefined
-}
-
-const until = <A>(read: Effect.Effect<A>, ok: (a: A) => boolean) =>
-  Effect.gen(function*() {
-    while (true) {
-      const value = yield* read
-      if (ok(value)) return value
-      yield* Effect.sleep(Duration.millis(2))
-    }
   })
 
 /** What one side writes, in order (copies), and an optional rewrite of each message. */
