@@ -63,6 +63,19 @@ export interface MuxStream extends Socket.Socket {
    * interrupt it.
    */
   readonly failed: Effect.Effect<StreamError>
+  /**
+   * Reads into memory of the caller's: copies what has arrived, up to
+   * `target.length` bytes, into `target` (waiting until something has) and
+   * answers how many; 0 at the end of the stream (the peer's FIN, once
+   * everything before it was read), and at once for an empty `target`. A
+   * reset, a refusal or the end of the session fail it as they fail the
+   * reader. Where the reader hands over fresh memory for every chunk, a
+   * loop over one reused `target` allocates nothing per read: the way to
+   * move bulk data. From the first call on, the stream keeps what arrives
+   * in a buffer of its own (the size of its receive window); the reader
+   * still works, and gets copies.
+   */
+  readonly readInto: (target: Uint8Array) => Effect.Effect<number, Socket.SocketError>
 }
 
 /**
@@ -188,6 +201,18 @@ export class MuxStreamImpl implements MuxStream {
       if (state.failure !== undefined) return Effect.fail(this.readFailure())
       if (state.remoteFin || state.readClosed) return Effect.fail(endOfStream)
       return Effect.andThen(this.waitRead(), this.pull())
+    })
+  }
+
+  readInto(target: Uint8Array): Effect.Effect<number, Socket.SocketError> {
+    return Effect.suspend(() => {
+      if (target.length === 0) return Effect.succeed(0)
+      const state = this.state
+      const n = this.engine.readInto(state, target)
+      if (n > 0) return Effect.succeed(n)
+      if (state.failure !== undefined) return Effect.fail(this.readFailure())
+      if (state.remoteFin || state.readClosed) return Effect.succeed(0)
+      return Effect.andThen(this.waitRead(), this.readInto(target))
     })
   }
 

@@ -421,21 +421,39 @@ export const make = (
 
     // The transport ------------------------------------------------------
 
-    const reader = yield* socket.reader
-    const writeScope = yield* Scope.fork(scope)
-    const writer = yield* Scope.provide(socket.writer, writeScope)
-
-    const readLoop: Effect.Effect<never, Socket.SocketError> = Effect.flatMap(reader.pull, (chunks) => {
-      for (let i = 0; i < chunks.length; i++) {
-        const chunk = chunks[i]
-        decoder.push(typeof chunk === "string" ? Transport.encodeText(chunk) : chunk)
-        if (engine.failure !== undefined) break
-      }
+    // A transport that reads into reused memory (plexus's TCP) hands the
+    // decoder views of it: the decoder runs as each read arrives, and the
+    // engine copies the DATA it keeps. Otherwise chunks are pulled, and
+    // kept as they are.
+    const borrowed = Transport.borrowedReads(socket)
+    const readBorrowed = (chunk: Uint8Array): void => {
+      if (engine.failure !== undefined) return
+      decoder.push(chunk)
       engine.flushReadWakes()
       report()
       reportStreams()
-      return readLoop
-    })
+    }
+    const pullLoop = (reader: Socket.Reader): Effect.Effect<never, Socket.SocketError> =>
+      Effect.flatMap(reader.pull, (chunks) => {
+        for (let i = 0; i < chunks.length; i++) {
+          const chunk = chunks[i]
+          decoder.push(typeof chunk === "string" ? Transport.encodeText(chunk) : chunk)
+          if (engine.failure !== undefined) break
+        }
+        engine.flushReadWakes()
+        report()
+        reportStreams()
+        return pullLoop(reader)
+      })
+    let readLoop: Effect.Effect<never, Socket.SocketError>
+    if (borrowed !== undefined) {
+      engine.copyInput = true
+      readLoop = Scope.provide(borrowed.readBorrowed(readBorrowed), scope)
+    } else {
+      readLoop = pullLoop(yield* socket.reader)
+    }
+    const writeScope = yield* Scope.fork(scope)
+    const writer = yield* Scope.provide(socket.writer, writeScope)
 
     const writeLoop: Effect.Effect<void, Socket.SocketError> = Effect.suspend(() => {
       if (!engine.hasWork) {

@@ -10,6 +10,8 @@
  *
  * @since 0.1.0
  */
+import type * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
 import { DelineationError, MessageTooLarge } from "./DelineationError.ts"
 
@@ -91,3 +93,48 @@ export const registerWriteBacklog = (socket: Socket.Socket, measure: () => numbe
  * @since 0.1.0
  */
 export const writeBacklog = (socket: Socket.Socket): number | undefined => backlogs.get(socket)?.()
+
+/**
+ * Reading without handing memory over: every chunk read goes to `onChunk`
+ * synchronously, as a view of memory the transport reuses once `onChunk`
+ * returns, so `onChunk` copies whatever it keeps. Where a `Reader` hands
+ * each chunk over for good, and so needs fresh memory for every read, a
+ * borrowed reader needs none: a bulk receiver that parses or copies as the
+ * bytes arrive (a session's frame decoder) reads without allocating.
+ *
+ * `readBorrowed` takes the place of `reader` (use one or the other) and
+ * ends the way `Reader.pull` does: it fails with the clean-close
+ * `SocketError` at the peer's FIN and with the abrupt one on a reset. Reading
+ * stops when its Scope closes. `onChunk` must not throw; if it does, the
+ * connection is aborted and the error ends the read.
+ *
+ * @category borrowed reads
+ * @since 0.1.0
+ */
+export interface BorrowedReads {
+  readonly readBorrowed: (
+    onChunk: (chunk: Uint8Array) => void
+  ) => Effect.Effect<never, Socket.SocketError, Scope.Scope>
+}
+
+const borrowing = new WeakMap<Socket.Socket, BorrowedReads>()
+
+/**
+ * Declares that a Socket can also be read borrowed. Transports that read
+ * into reused memory (plexus's TCP) call this once when they make a Socket.
+ *
+ * @category borrowed reads
+ * @since 0.1.0
+ */
+export const registerBorrowedReads = (socket: Socket.Socket, reads: BorrowedReads): void => {
+  borrowing.set(socket, reads)
+}
+
+/**
+ * The borrowed reader of a Socket, where its transport offers one;
+ * `undefined` otherwise (read it with `reader`).
+ *
+ * @category borrowed reads
+ * @since 0.1.0
+ */
+export const borrowedReads = (socket: Socket.Socket): BorrowedReads | undefined => borrowing.get(socket)

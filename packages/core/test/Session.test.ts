@@ -16,7 +16,7 @@ import * as NodeDuplex from "../src/NodeDuplex.ts"
 import * as Session from "../src/Session.ts"
 import * as Transport from "../src/Transport.ts"
 import { transportSuite } from "./fixtures/TransportSuite.ts"
-import { readToEnd } from "./fixtures/Streams.ts"
+import { concat as concatBytes, patterned, readToEnd } from "./fixtures/Streams.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (chunks: ReadonlyArray<Uint8Array>) => chunks.map((c) => new TextDecoder().decode(c)).join("")
@@ -150,6 +150,60 @@ for (const codec of ["plexus", "yamux"] as const) {
             return str(yield* readAll(stream))
           })), { concurrency: 64 })
         results.forEach((r, i) => assert.strictEqual(r, `echo:#${i}:`.padEnd(5 + (i * 37 % 5000), ".")))
+      }))
+
+    it.live("readInto copies into the caller's memory in order, bytes received before it first, then answers 0 at the peer's FIN", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec, {}, { split: { min: 1, max: 5000 } })
+        const stream = yield* client.open()
+        const payload = patterned(1024 * 1024 + 17, 5)
+        const writer = yield* stream.writer
+        // Some bytes arrive, and wait in the stream, before the first readInto.
+        yield* writer.write(payload.subarray(0, 1000))
+        const peer = yield* server.accept
+        yield* Effect.repeat(server.stats, { until: (st) => st.bufferedBytes === 1000 })
+        yield* Effect.forkScoped(Effect.andThen(writer.write(payload.subarray(1000)), stream.closeWrite))
+        const target = new Uint8Array(999)
+        const received: Array<Uint8Array> = []
+        while (true) {
+          const n = yield* peer.readInto(target)
+          if (n === 0) break
+          assert.isAtMost(n, target.length)
+          received.push(target.slice(0, n))
+        }
+        assert.deepStrictEqual(concatBytes(received), payload)
+        // At the end it keeps answering 0; an empty target answers 0 at once.
+        assert.strictEqual(yield* peer.readInto(target), 0)
+        assert.strictEqual(yield* peer.readInto(new Uint8Array(0)), 0)
+      }))
+
+    it.live("readInto fails with the stream's typed reset, as the reader does", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stream = yield* client.open()
+        yield* (yield* stream.writer).write(text("x"))
+        const peer = yield* server.accept
+        const target = new Uint8Array(16)
+        assert.strictEqual(yield* peer.readInto(target), 1)
+        const waiting = yield* Effect.forkChild(Effect.flip(peer.readInto(target)))
+        yield* stream.reset(0x100 + 3)
+        const error = yield* Fiber.join(waiting).pipe(Effect.timeout("2 seconds"))
+        assert.strictEqual(MuxStream.streamError(error)?.reason._tag, "StreamReset")
+        assert.isTrue(Transport.isAbruptClose(error))
+      }))
+
+    it.live("after readInto the reader still reads the rest, in chunks of its own", () =>
+      Effect.gen(function*() {
+        const { client, server } = yield* sessionPair(codec)
+        const stream = yield* client.open()
+        const payload = patterned(300 * 1024, 9)
+        yield* Effect.forkScoped(Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(payload))))
+        const peer = yield* server.accept
+        const head = new Uint8Array(100)
+        let got = 0
+        while (got < head.length) got += yield* peer.readInto(head.subarray(got))
+        const rest = yield* readAll(peer)
+        assert.deepStrictEqual(concatBytes([head, ...rest]), payload)
       }))
 
     it.live("a stalled consumer holds at most its window while another stream keeps flowing", () =>
@@ -308,6 +362,29 @@ describe("Session flow control", () => {
       }
       assert.isAbove(largest, 256 * 1024, "the window never grew")
       assert.isAtMost(largest, 4 * 1024 * 1024, "the window grew past its maximum")
+    }))
+})
+
+describe("Session readInto under a growing window", () => {
+  it.live("keeps every byte while the window grows past the buffer it started with", () =>
+    Effect.gen(function*() {
+      const { client, server } = yield* sessionPair("plexus", { maxWindow: 4 * 1024 * 1024 }, { latency: "20 millis" })
+      yield* client.ping
+      const stream = yield* client.open()
+      const payload = patterned(8 * 1024 * 1024, 1)
+      yield* Effect.forkScoped(Effect.scoped(Effect.flatMap(stream.writer, (w) => w.write(payload))))
+      const peer = yield* server.accept
+      const target = new Uint8Array(48 * 1024)
+      const received: Array<Uint8Array> = []
+      let largest = 0
+      while (true) {
+        const n = yield* peer.readInto(target)
+        if (n === 0) break
+        received.push(target.slice(0, n))
+        largest = Math.max(largest, (yield* server.stats).grantedWindow)
+      }
+      assert.isAbove(largest, 256 * 1024, "the window never grew")
+      assert.deepStrictEqual(concatBytes(received), payload)
     }))
 })
 

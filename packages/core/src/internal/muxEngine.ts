@@ -25,6 +25,7 @@ import {
   SETTING_MAX_FRAME_SIZE,
   SETTING_MAX_STREAMS
 } from "./muxFrames.ts"
+import { ReceiveRing } from "./receiveRing.ts"
 
 /** Every stream starts with this window in both directions (spec: Flow control). */
 export const INITIAL_WINDOW = 256 * 1024
@@ -94,6 +95,8 @@ export class StreamState {
   failure: StreamFailure | undefined = undefined
   // receive side
   recv: Array<Uint8Array> | undefined = undefined
+  /** Set once the stream is read with `readInto`: received bytes are kept here instead of in `recv`. */
+  ring: ReceiveRing | undefined = undefined
   recvBytes = 0
   /** Credit the peer still has. */
   recvWindow = INITIAL_WINDOW
@@ -183,6 +186,12 @@ export class Engine implements FrameSink {
     ignoredFrames: 0,
     pingsAnswered: 0
   }
+  /**
+   * Whether the DATA payloads the decoder hands over are views of memory the
+   * transport reads into again (a borrowed reader): then whatever is kept is
+   * copied first.
+   */
+  copyInput = false
   /** Inbound streams not yet accepted, in arrival order. */
   readonly backlog: Array<StreamState> = []
   backlogHead = 0
@@ -306,6 +315,7 @@ export class Engine implements FrameSink {
     }
     this.stats.bufferedBytes -= stream.recvBytes
     stream.recv = undefined
+    stream.ring = undefined
     stream.recvBytes = 0
     this.stats.queuedSendBytes -= stream.sendBytes
     stream.send = undefined
@@ -452,8 +462,16 @@ export class Engine implements FrameSink {
       if (stream.consumed >= stream.windowSize >>> 1) this.grant(stream)
       return
     }
-    if (stream.recv === undefined) stream.recv = [piece]
-    else stream.recv.push(piece)
+    if (stream.ring !== undefined) stream.ring.put(piece)
+    else {
+      let kept = piece
+      if (this.copyInput) {
+        kept = new Uint8Array(piece.length)
+        kept.set(piece)
+      }
+      if (stream.recv === undefined) stream.recv = [kept]
+      else stream.recv.push(kept)
+    }
     stream.recvBytes += piece.length
     this.stats.bufferedBytes += piece.length
     if (stream.readWaker !== undefined) this.readWake.push(stream)
@@ -600,16 +618,40 @@ export class Engine implements FrameSink {
 
   /** Takes everything received on a stream, and credits it back to the peer. */
   takeReceived(stream: StreamState): Array<Uint8Array> | undefined {
-    const chunks = stream.recv
+    let chunks = stream.recv
+    if (stream.ring !== undefined && stream.ring.size > 0) chunks = [stream.ring.takeAll()]
     if (chunks === undefined || chunks.length === 0) return undefined
-    const bytes = stream.recvBytes
+    this.consume(stream, stream.recvBytes)
     stream.recv = undefined
-    stream.recvBytes = 0
+    return chunks
+  }
+
+  /**
+   * Copies up to `target.length` received bytes into `target` and answers
+   * how many (0: nothing received yet). From the first call on, the stream
+   * keeps what it receives in a ring of its own instead of a chunk list.
+   */
+  readInto(stream: StreamState, target: Uint8Array): number {
+    let ring = stream.ring
+    if (ring === undefined) {
+      if (stream.failure !== undefined) return 0
+      ring = stream.ring = new ReceiveRing(stream.windowSize)
+      const chunks = stream.recv
+      stream.recv = undefined
+      if (chunks !== undefined) for (let i = 0; i < chunks.length; i++) ring.put(chunks[i])
+    }
+    const n = ring.take(target)
+    if (n > 0) this.consume(stream, n)
+    return n
+  }
+
+  /** `bytes` were read: credit them back (half a window at a time). */
+  private consume(stream: StreamState, bytes: number): void {
+    stream.recvBytes -= bytes
     this.stats.bufferedBytes -= bytes
     stream.consumed += bytes
     if (stream.consumed >= stream.windowSize >>> 1) this.grant(stream)
-    if (stream.remoteFin) this.maybeForget(stream)
-    return chunks
+    if (stream.remoteFin && stream.recvBytes === 0) this.maybeForget(stream)
   }
 
   /**
@@ -653,6 +695,7 @@ export class Engine implements FrameSink {
     if (pending > 0) {
       this.stats.bufferedBytes -= pending
       stream.recv = undefined
+      stream.ring?.clear()
       stream.recvBytes = 0
       stream.consumed += pending
       this.grant(stream)
