@@ -86,7 +86,10 @@ export interface ListenOptions extends SocketOptions {
  */
 export const dial = (options: DialOptions): Effect.Effect<Socket.Socket, Socket.SocketError, Scope.Scope> =>
   dialWith({
-    connect: () => Net.connect({ host: options.host ?? "127.0.0.1", port: options.port, ...netSocketOptions(options) }),
+    connect: () =>
+      internal.readingInto((onread) =>
+        Net.connect({ host: options.host ?? "127.0.0.1", port: options.port, ...netSocketOptions(options), onread })
+      ),
     readyEvent: "connect",
     connectTimeout: options.connectTimeout,
     adapter: { highWaterMark: options.highWaterMark }
@@ -111,17 +114,19 @@ export const layerClient = (options: DialOptions): Layer.Layer<Socket.Socket, So
 export const listen = (
   options: ListenOptions = {}
 ): Effect.Effect<TcpServer["Service"], SocketServer.SocketServerError, Scope.Scope> =>
-  Effect.suspend(() =>
-    listenWith({
-      server: Net.createServer({ ...netSocketOptions(options), pauseOnConnect: true }),
+  Effect.suspend(() => {
+    const socketOptions = netSocketOptions(options)
+    return listenWith({
+      server: Net.createServer({ ...socketOptions, pauseOnConnect: true }),
       connectionEvent: "connection",
+      adoptReads: socketOptions,
       host: options.host ?? "127.0.0.1",
       port: options.port ?? 0,
       backlog: options.backlog,
       maxConnections: options.maxConnections,
       adapter: { highWaterMark: options.highWaterMark }
     })
-  )
+  })
 
 /**
  * A listening server as both the generic `SocketServer` service and

@@ -11,8 +11,9 @@ import * as Socket from "effect/socket/Socket"
 import * as SocketServer from "effect/socket/SocketServer"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
+import { patterned } from "@plexus/core/test/fixtures/Streams.ts"
 import { Tcp, TcpServer } from "../src/index.ts"
-import { bytes, freePort, readBytes, readToEnd, within } from "./helpers.ts"
+import { bytes, concat, freePort, readBytes, readToEnd, within } from "./helpers.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
@@ -289,6 +290,119 @@ describe("Tcp", () => {
         const released = yield* Effect.scoped(client.writer)
         const error = yield* Effect.flip(released.write(text("late")))
         assert.strictEqual(error.reason._tag, "SocketWriteError")
+      }))
+  })
+  describe("reading into our memory", () => {
+    /** Reads `socket` borrowed to the peer's FIN: every byte copied out, and the distinct memory lent. */
+    const readAllBorrowed = (socket: Socket.Socket) =>
+      Effect.gen(function*() {
+        const borrowed = Transport.borrowedReads(socket)
+        assert.isDefined(borrowed)
+        const pieces: Array<Uint8Array> = []
+        const memory = new Set<ArrayBufferLike>()
+        let reads = 0
+        const error = yield* Effect.flip(Effect.scoped(borrowed!.readBorrowed((chunk) => {
+          reads++
+          memory.add(chunk.buffer)
+          pieces.push(new Uint8Array(chunk)) // a copy (a Buffer's slice would be a view)
+        })))
+        return { received: concat(pieces), reads, memory, error }
+      })
+
+    it.live("a borrowed reader gets every byte in order, in one piece of memory read into again and again, then the clean close", () =>
+      Effect.gen(function*() {
+        const server = yield* Tcp.listen()
+        const client = yield* Tcp.dial({ port: server.port })
+        const accepted = yield* server.accept
+        const payload = patterned(8 * 1024 * 1024, 3)
+        yield* Effect.forkChild(Effect.scoped(Effect.flatMap(client.writer, (w) => w.write(payload))))
+        const { received, reads, memory, error } = yield* readAllBorrowed(accepted.socket).pipe(within("8 MiB borrowed"))
+        assert.isTrue(Transport.isCleanClose(error))
+        assert.strictEqual(received.length, payload.length)
+        assert.deepStrictEqual(received, payload)
+        assert.isAbove(reads, 8 * 16 - 1)
+        assert.strictEqual(memory.size, 1)
+      }))
+
+    it.live("a dialled socket reads borrowed too, and a Reader's leftovers come first", () =>
+      Effect.gen(function*() {
+        const server = yield* Tcp.listen()
+        const client = yield* Tcp.dial({ port: server.port })
+        const accepted = yield* server.accept
+        const serverWriter = yield* accepted.socket.writer
+        yield* serverWriter.write(text("first,"))
+        // A reader takes the first write; the next one arrives while nobody
+        // pulls, and waits in the reader's list.
+        const head = yield* Effect.scoped(Effect.flatMap(client.reader, ({ pull }) => readBytes(pull, 6)))
+        yield* serverWriter.write(text("second,"))
+        yield* Effect.sleep("50 millis")
+        const tail = patterned(2 * 1024 * 1024, 7)
+        yield* serverWriter.write(tail)
+        yield* Effect.sync(() => Tcp.netSocket(accepted.socket)!.end())
+        const { received, error } = yield* readAllBorrowed(client).pipe(within("the rest, borrowed"))
+        assert.isTrue(Transport.isCleanClose(error))
+        assert.strictEqual(str(head) + str(received.subarray(0, 7)), "first,second,")
+        assert.deepStrictEqual(received.subarray(7), tail)
+      }))
+
+    it.live("a borrower that throws fails the read with an abrupt close and resets the connection", () =>
+      Effect.gen(function*() {
+        const server = yield* Tcp.listen()
+        const client = yield* Tcp.dial({ port: server.port })
+        const accepted = yield* server.accept
+        yield* (yield* client.writer).write(text("boom"))
+        const error = yield* Effect.flip(Effect.scoped(Transport.borrowedReads(accepted.socket)!.readBorrowed(() => {
+          throw new Error("parser bug")
+        }))).pipe(within("the failing borrower"))
+        assert.isTrue(Transport.isAbruptClose(error))
+        assert.include(String(error.reason._tag === "SocketCloseError" ? error.reason.closeReason : ""), "parser bug")
+        const peer = yield* Effect.scoped(Effect.flatMap(client.reader, ({ pull }) => readToEnd(pull))).pipe(within("the reset"))
+        assert.isTrue(Transport.isAbruptClose(peer.error))
+      }))
+
+    it.live("chunks a Reader kept stay intact while later reads arrive, whatever their sizes", () =>
+      Effect.gen(function*() {
+        const server = yield* Tcp.listen()
+        const client = yield* Tcp.dial({ port: server.port })
+        const accepted = yield* server.accept
+        const raw = Tcp.netSocket(client)!
+        // Writes of many sizes, each flushed on its own, so reads come in
+        // small (copied out) and large (handed on in place).
+        const sizes = [1, 7, 100, 4096, 20_000, 40_000, 65_536, 300_000, 3, 1_000_000, 50]
+        const payload = patterned(sizes.reduce((a, b) => a + b, 0), 11)
+        const kept: Array<Uint8Array> = []
+        const { pull } = yield* accepted.socket.reader
+        let at = 0
+        for (const size of sizes) {
+          yield* Effect.callback<void>((resume) => {
+            raw.write(payload.subarray(at, at + size), () => resume(Effect.void))
+          })
+          at += size
+          let got = kept.reduce((a, c) => a + c.length, 0)
+          while (got < at) {
+            const batch = yield* pull.pipe(within("the next read"))
+            for (const chunk of batch) {
+              kept.push(chunk as Uint8Array)
+              got += (chunk as Uint8Array).length
+            }
+          }
+        }
+        // Every chunk kept since the first read is still what was sent.
+        assert.deepStrictEqual(concat(kept), payload)
+      }))
+
+    it.live("an accepted connection still counts against maxConnections after the adapter takes its handle", () =>
+      Effect.gen(function*() {
+        const server = yield* Tcp.listen({ maxConnections: 1 })
+        const first = yield* Tcp.dial({ port: server.port })
+        const accepted = yield* server.accept
+        yield* Effect.scoped(Tcp.dial({ port: server.port }))
+        yield* Effect.repeat(server.stats, { until: (stats) => stats.refused === 1, schedule: Schedule.spaced("10 millis") })
+          .pipe(within("the second connection refused"))
+        // The first still works both ways.
+        yield* (yield* first.writer).write(text("ping"))
+        const { pull } = yield* accepted.socket.reader
+        assert.strictEqual(str(yield* readBytes(pull, 4)), "ping")
       }))
   })
 })

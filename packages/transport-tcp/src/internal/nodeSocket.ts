@@ -3,14 +3,22 @@
  * `effect/socket` `Socket`, following plexus's byte transport conventions
  * (see `@plexus/core` `Transport`).
  *
- * Reads run in flowing mode: each `'data'` Buffer is handed on as received,
- * without copies or concatenation, into a chunk list whose byte count pauses
- * the socket at the high-water mark (and resumes it when a `pull` takes the
- * list). A waiting `pull` is woken once per event-loop turn with everything
- * that turn read, so a busy connection costs one fiber resumption per batch,
- * not per chunk. Writes respect `write()`'s return value and wait for
- * `'drain'`. All per-chunk work is plain code on one connection object;
- * Effect only appears where a fiber has to wait.
+ * Reads: sockets this package makes (dialled or accepted) are read through
+ * node's `onread` option, into memory the adapter chooses. For a `Reader`
+ * every read of 32 KiB or more goes into fresh memory that is handed on as
+ * it is; a smaller read is copied out and its memory read into again. For a
+ * borrowed reader (`Transport.BorrowedReads`) one buffer is read into again
+ * and again, so a bulk receiver allocates nothing per read. Sockets made
+ * elsewhere (TLS, `fromNetSocket`) are read from `'data'` events, each
+ * Buffer handed on as received.
+ *
+ * Chunks for a `Reader` go into a list whose byte count pauses the socket at
+ * the high-water mark (and resumes it when a `pull` takes the list). A
+ * waiting `pull` is woken once per event-loop turn with everything that turn
+ * read, so a busy connection costs one fiber resumption per batch, not per
+ * chunk. Writes respect `write()`'s return value and wait for `'drain'`. All
+ * per-chunk work is plain code on one connection object; Effect only
+ * appears where a fiber has to wait.
  *
  * @internal
  */
@@ -19,9 +27,16 @@ import * as Effect from "effect/Effect"
 import * as Scope from "effect/Scope"
 import * as Socket from "effect/socket/Socket"
 import { Transport } from "@plexus/core"
+import { Buffer } from "node:buffer"
 import * as Net from "node:net"
 
 const NetSocket = Net.Socket
+
+/** Node reads at most this much at a time; our read memory is this size. */
+const READ_SIZE = 64 * 1024
+
+/** A read at least this large is handed to a Reader in place; a smaller one is copied out. */
+const HAND_ON_BYTES = READ_SIZE >>> 1
 
 /** @internal */
 export const DEFAULT_HIGH_WATER_MARK = 1024 * 1024
@@ -36,6 +51,85 @@ export const DEFAULT_LINGER_MS = 2_000
 export interface AdapterOptions {
   /** Bytes buffered for the reader before the socket is paused. */
   readonly highWaterMark?: number | undefined
+}
+
+/**
+ * Node's `onread` option for one socket, and the memory it reads into next.
+ * Made before the socket (node takes `onread` at construction only), bound
+ * to the socket's adapter when that is made.
+ */
+class ReadInto {
+  connection: Connection | undefined = undefined
+  memory: Uint8Array | undefined = undefined
+  /** Reads that arrived before the adapter existed (node starts reading a dialled socket at connect). */
+  early: Array<Uint8Array> | undefined = undefined
+  readonly onread = {
+    buffer: (): Uint8Array => this.memory ??= Buffer.allocUnsafeSlow(READ_SIZE),
+    callback: (n: number, memory: Uint8Array): boolean => {
+      const connection = this.connection
+      if (connection !== undefined) connection.onRead(n, memory, this)
+      else (this.early ??= []).push(Buffer.from(memory.subarray(0, n)))
+      return true
+    }
+  }
+}
+
+const readIntos = new WeakMap<Net.Socket, ReadInto>()
+
+/**
+ * Makes a node socket that reads into the adapter's memory: `make` gets the
+ * `onread` option to pass to `Net.connect` or `new Net.Socket`.
+ *
+ * @internal
+ */
+export const readingInto = (make: (onread: ReadInto["onread"]) => Net.Socket): Net.Socket => {
+  const into = new ReadInto()
+  const conn = make(into.onread)
+  readIntos.set(conn, into)
+  return conn
+}
+
+/**
+ * Takes over an accepted connection's handle with a socket that reads into
+ * the adapter's memory (node's server has no `onread` option). The accepted
+ * socket must not have read yet (`pauseOnConnect`). It stays behind,
+ * without a handle, until the new socket closes, so the server's connection
+ * count (and `maxConnections`) still covers this connection. Where the
+ * handle cannot be taken, the accepted socket is used as it is.
+ *
+ * @internal
+ */
+export const adoptReadingInto = (
+  accepted: Net.Socket,
+  options: { readonly noDelay: boolean; readonly keepAlive: boolean; readonly keepAliveInitialDelay: number }
+): Net.Socket => {
+  const holder = accepted as unknown as { _handle?: unknown }
+  const handle = holder._handle
+  if (handle === undefined || handle === null || accepted.destroyed || accepted.readableFlowing === true) {
+    return accepted
+  }
+  let conn: Net.Socket
+  try {
+    conn = readingInto((onread) =>
+      new NetSocket({
+        handle: handle as never,
+        allowHalfOpen: accepted.allowHalfOpen,
+        // The server applied these to the handle already; the new socket
+        // records them the way the accepted one did.
+        noDelay: options.noDelay,
+        keepAlive: options.keepAlive,
+        keepAliveInitialDelay: options.keepAliveInitialDelay,
+        readable: true,
+        writable: true,
+        pauseOnCreate: true,
+        onread
+      } as Net.SocketConstructorOpts))
+  } catch {
+    return accepted
+  }
+  holder._handle = null
+  conn.once("close", () => accepted.destroy())
+  return conn
 }
 
 type Batch = NonEmptyReadonlyArray<Uint8Array>
@@ -76,6 +170,10 @@ class Connection {
   /** Terminal write state. */
   writeError: Socket.SocketError | undefined = undefined
   drainWaiters: Array<DrainResume> = []
+  /** The borrowed reader's chunk handler, while one reads. */
+  borrower: ((chunk: Uint8Array) => void) | undefined = undefined
+  /** Ends the borrowed read with the terminal read state. */
+  borrowEnd: ((effect: Effect.Effect<never, Socket.SocketError>) => void) | undefined = undefined
 
   constructor(conn: Net.Socket, options?: AdapterOptions) {
     this.conn = conn
@@ -90,12 +188,54 @@ class Connection {
     conn.on("close", this.onClose)
     conn.on("drain", this.onDrain)
     if (conn.destroyed) this.onClose()
+    const into = readIntos.get(conn)
+    if (into !== undefined) {
+      into.connection = this
+      const early = into.early
+      into.early = undefined
+      if (early !== undefined) for (const chunk of early) this.onData(chunk)
+    }
   }
 
   // ---------------------------------------------------------------- read side
 
+  /** A read into our memory (`onread`). */
+  onRead(n: number, memory: Uint8Array, into: ReadInto): void {
+    if (this.discard) return
+    if (this.borrower !== undefined) {
+      // Lent: the same memory is read into again once the borrower returns.
+      this.lend(memory.subarray(0, n))
+      return
+    }
+    let chunk: Uint8Array
+    if (n >= HAND_ON_BYTES && memory === into.memory) {
+      chunk = memory.subarray(0, n)
+      into.memory = undefined
+    } else {
+      chunk = Buffer.allocUnsafe(n)
+      chunk.set(memory.subarray(0, n))
+    }
+    this.onData(chunk)
+  }
+
+  lend(chunk: Uint8Array): void {
+    try {
+      this.borrower!(chunk)
+    } catch (cause) {
+      // A borrower that throws ends the read with its error; the connection
+      // cannot be trusted to be in step any more.
+      this.borrower = undefined
+      this.discardReads(Transport.closedError(Transport.CLOSE_ABNORMAL, `borrowed reader failed: ${String(cause)}`))
+      abort(this.conn)
+    }
+  }
+
   readonly onData = (chunk: Uint8Array): void => {
     if (this.discard) return
+    if (this.borrower !== undefined) {
+      this.lend(chunk)
+      return
+    }
     this.chunks.push(chunk)
     this.buffered += chunk.byteLength
     if (!this.paused && this.buffered >= this.highWaterMark) {
@@ -167,6 +307,11 @@ class Connection {
       this.chunks = []
       this.buffered = 0
     }
+    const borrowEnd = this.borrowEnd
+    if (borrowEnd !== undefined) {
+      this.borrowEnd = undefined
+      borrowEnd(Effect.fail(this.readError))
+    }
     const waiter = this.waiter
     if (waiter !== undefined && this.chunks.length === 0) {
       this.waiter = undefined
@@ -207,6 +352,46 @@ class Connection {
       upgrade: Socket.SocketUpgradeError.unsupported
     }
     return Effect.as(Scope.addFinalizer(scope, Effect.sync(() => this.closeReader(handle))), reader)
+  }
+
+  readonly readBorrowed = (
+    onChunk: (chunk: Uint8Array) => void
+  ): Effect.Effect<never, Socket.SocketError, Scope.Scope> =>
+    Effect.flatMap(Effect.scope, (scope) =>
+      Effect.suspend(() => {
+        if (this.borrower !== undefined) return Effect.die(new Error("the socket is already read borrowed"))
+        return Effect.andThen(
+          Scope.addFinalizer(scope, Effect.sync(() => this.stopBorrowing(onChunk))),
+          Effect.callback<never, Socket.SocketError>((resume) => {
+            this.borrower = onChunk
+            // What a Reader left buffered comes first, in order.
+            const left = this.chunks
+            this.chunks = []
+            this.buffered = 0
+            for (let i = 0; i < left.length && this.borrower === onChunk; i++) this.lend(left[i]!)
+            if (this.readError !== undefined) return resume(Effect.fail(this.readError))
+            this.borrowEnd = resume
+            this.started = true
+            if (this.paused && !this.conn.destroyed) {
+              this.paused = false
+              this.conn.resume()
+            }
+            return Effect.sync(() => {
+              if (this.borrowEnd === resume) this.borrowEnd = undefined
+            })
+          })
+        )
+      }))
+
+  stopBorrowing(onChunk: (chunk: Uint8Array) => void): void {
+    if (this.borrower !== onChunk) return
+    this.borrower = undefined
+    this.borrowEnd = undefined
+    // Nobody reads now: let the high-water mark apply again.
+    if (!this.paused && this.buffered >= this.highWaterMark) {
+      this.paused = true
+      this.conn.pause()
+    }
   }
 
   closeReader(handle: ReaderHandle): void {
@@ -367,6 +552,7 @@ export const fromNodeSocket = (conn: Net.Socket, options?: AdapterOptions): Sock
   const socket = Socket.make({ reader: connection.acquireReader, writer: connection.acquireWriter })
   registry.set(socket, conn)
   Transport.registerWriteBacklog(socket, () => conn.writableLength)
+  Transport.registerBorrowedReads(socket, { readBorrowed: connection.readBorrowed })
   return socket
 }
 

@@ -17,7 +17,7 @@ import * as Layer from "effect/Layer"
 import type * as Net from "node:net"
 import { Acceptor } from "@plexus/core"
 import { type Connection, TcpServer } from "../TcpServer.ts"
-import { type AdapterOptions, fromNodeSocket, release } from "./nodeSocket.ts"
+import { type AdapterOptions, adoptReadingInto, fromNodeSocket, release } from "./nodeSocket.ts"
 
 const openError = (cause: unknown) =>
   new SocketServer.SocketServerError({ reason: new SocketServer.SocketServerOpenError({ cause }) })
@@ -26,6 +26,11 @@ const openError = (cause: unknown) =>
 export const listenWith = (options: {
   readonly server: Net.Server
   readonly connectionEvent: "connection" | "secureConnection"
+  /**
+   * Read accepted connections into the adapter's memory (plain TCP; see
+   * `adoptReadingInto`), given the socket options the server applies.
+   */
+  readonly adoptReads?: Parameters<typeof adoptReadingInto>[1] | undefined
   readonly host: string
   readonly port: number
   readonly backlog?: number | undefined
@@ -40,11 +45,12 @@ export const listenWith = (options: {
     let refused = 0
     let closed = false
 
-    const onConnection = (conn: Net.Socket) => {
+    const onConnection = (socket: Net.Socket) => {
       if (closed) {
-        conn.destroy()
+        socket.destroy()
         return
       }
+      const conn = options.adoptReads !== undefined ? adoptReadingInto(socket, options.adoptReads) : socket
       accepted++
       live.add(conn)
       conn.once("close", () => live.delete(conn))
