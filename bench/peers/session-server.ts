@@ -15,15 +15,19 @@
  * - `raw`: `node:net`, one connection per request (mode `reqresp` only).
  *
  * Modes:
- * - `sink`: every stream is read to its end (the peer's FIN), then
+ * - `sink`: every stream is read to its end (the peer's FIN) through its
+ *   `reader` (a Socket reader: fresh memory for every chunk), then
  *   half-closed from this side. When `expectStreams` streams of one session
  *   have ended, the peer reports `{ type: "received", bytes, streams }` and
  *   starts counting again.
+ * - `sink-into`: the same, each stream read with `readInto` into one reused
+ *   64 KiB buffer, the way a bulk receiver that needs no chunks kept reads.
  * - `reqresp`: every stream (raw: every connection) reads a 1 KiB request,
  *   answers 1 KiB and half-closes.
  */
 import * as Effect from "effect/Effect"
 import type * as Socket from "effect/socket/Socket"
+import type { MuxStream } from "@plexus/core"
 import { Buffer } from "node:buffer"
 import * as Net from "node:net"
 import { announce, report } from "../harness/Child.ts"
@@ -50,7 +54,9 @@ const fail = (message: string): never => {
   process.exit(2)
 }
 
-if (mode !== "sink" && mode !== "reqresp") fail(`unknown mode ${JSON.stringify(mode)} (sink | reqresp)`)
+if (mode !== "sink" && mode !== "sink-into" && mode !== "reqresp") {
+  fail(`unknown mode ${JSON.stringify(mode)} (sink | sink-into | reqresp)`)
+}
 
 /** Counts streams that ended and their bytes, per session. */
 const makeCounter = () => {
@@ -76,7 +82,7 @@ const makeCounter = () => {
 
 const serveSession = async (codec: "plexus" | "yamux") => {
   const { Tcp } = await import("@plexus/transport-tcp")
-  const { Session, Transport } = await import("@plexus/core")
+  const { MuxStream: Mux, Session, Transport } = await import("@plexus/core")
 
   /** Reads to the peer's FIN; answers the byte count. */
   const drain = (stream: Socket.Socket, onBytes: (n: number) => void) =>
@@ -93,9 +99,22 @@ const serveSession = async (codec: "plexus" | "yamux") => {
       }
     }))
 
+  /** Reads to the peer's FIN into one reused buffer. */
+  const drainInto = (stream: MuxStream.MuxStream, onBytes: (n: number) => void) =>
+    Effect.suspend(() => {
+      const target = new Uint8Array(64 * 1024)
+      const loop: Effect.Effect<void, Socket.SocketError> = Effect.flatMap(stream.readInto(target), (n) => {
+        if (n === 0) return Effect.void
+        onBytes(n)
+        return loop
+      })
+      return loop
+    })
+
   const handler = (counter: ReturnType<typeof makeCounter>) => (stream: Socket.Socket) =>
     Effect.andThen(
-      drain(stream, counter.add),
+      // session.run hands streams over as Sockets; each one is a MuxStream.
+      mode === "sink-into" && Mux.isMuxStream(stream) ? drainInto(stream, counter.add) : drain(stream, counter.add),
       // Half-close our side too, so the stream finishes cleanly both ways.
       Effect.scoped(Effect.flatMap(stream.writer, () => Effect.sync(counter.ended)))
     )

@@ -6,6 +6,10 @@
  *
  * Implementations, each reading the way its users would:
  * - `raw`: `node:net` with `'data'` events;
+ * - `raw-onread`: `node:net` reading into one reused 64 KiB buffer through
+ *   the `onread` option (node's server has none, so each accepted, paused
+ *   socket's handle is taken over by a socket made with it): raw node:net
+ *   at its leanest;
  * - `plexus`: `@plexus/transport-tcp` `Tcp.listen`, a `reader.pull` loop;
  * - `platform-node`: `@effect/platform-node` `NodeSocketServer.make`, the
  *   same `reader.pull` loop.
@@ -60,6 +64,37 @@ switch (impl) {
         socket.end()
       })
       socket.on("error", (error) => report({ type: "error", message: String(error) }))
+    })
+    server.listen({ host: HOST, port: 0 }, () => {
+      announce({ type: "ready", port: (server.address() as Net.AddressInfo).port })
+    })
+    break
+  }
+  case "raw-onread": {
+    const memory = Buffer.alloc(64 * 1024)
+    const server = Net.createServer({ pauseOnConnect: true }, (accepted) => {
+      let bytes = 0
+      const handle = (accepted as unknown as { _handle: unknown })._handle
+      ;(accepted as unknown as { _handle: unknown })._handle = null
+      const socket = new Net.Socket({
+        handle: handle as never,
+        readable: true,
+        writable: true,
+        onread: {
+          buffer: memory,
+          callback: (n: number) => {
+            bytes += n
+            return true
+          }
+        }
+      } as Net.SocketConstructorOpts)
+      socket.on("end", () => {
+        report({ type: "received", bytes })
+        socket.end()
+        accepted.destroy()
+      })
+      socket.on("error", (error) => report({ type: "error", message: String(error) }))
+      socket.resume()
     })
     server.listen({ host: HOST, port: 0 }, () => {
       announce({ type: "ready", port: (server.address() as Net.AddressInfo).port })

@@ -288,13 +288,14 @@ const closeAll = (...peers: ReadonlyArray<{ readonly peer: Peer }>) => async () 
 /** One session stream moving `singleBytes`, against a baseline sender to its own receiver. */
 const singleStream = (
   options: RunOptions,
+  sinkMode: "sink" | "sink-into",
   baselineReceiver: ReadonlyArray<string>,
   baselineSend: (total: number) => Send
 ): Promise<Contest> =>
   (async () => {
     const { singleBytes } = sizes(options.quick)
     const [subject, baseline] = await startBoth(
-      () => start("session-server.ts", ["plexus", "sink", "1"]),
+      () => start("session-server.ts", ["plexus", sinkMode, "1"]),
       () => start("tcp-sink.ts", baselineReceiver)
     )
     return {
@@ -326,15 +327,32 @@ const rows: Array<Row> = [
     unit: "MB/s",
     baseline: "raw node:net",
     goal: ">= 0.8",
-    description: "one plexus-codec session stream moving 1 GiB in 64 KiB writes over loopback TCP, receiver in a peer",
-    setup: (options) => singleStream(options, ["raw"], sendRaw)
+    description:
+      "one plexus-codec session stream moving 1 GiB in 64 KiB writes over loopback TCP, receiver in a peer reading with readInto into one reused 64 KiB buffer; baseline: node:net 'data' events",
+    setup: (options) => singleStream(options, "sink-into", ["raw"], sendRaw)
+  },
+  {
+    name: "single-stream-1GiB-reader",
+    unit: "MB/s",
+    baseline: "raw node:net",
+    description:
+      "the same, the stream read through its Socket reader (chunks in fresh memory, kept by the reader)",
+    setup: (options) => singleStream(options, "sink", ["raw"], sendRaw)
+  },
+  {
+    name: "single-stream-1GiB-vs-raw-onread",
+    unit: "MB/s",
+    baseline: "raw node:net reading into reused memory (onread)",
+    description:
+      "the readInto stream against raw node:net at its leanest: the receiver reads into one reused 64 KiB buffer through node's onread option",
+    setup: (options) => singleStream(options, "sink-into", ["raw-onread"], sendRaw)
   },
   {
     name: "single-stream-1GiB-vs-plexus-tcp",
     unit: "MB/s",
     baseline: "@plexus/transport-tcp without a session",
-    description: "the same session stream against our own TCP transport alone: the session's own overhead",
-    setup: (options) => singleStream(options, ["plexus"], sendTcp)
+    description: "the session stream read through its reader, against our own TCP transport alone read the same way: the session's own overhead",
+    setup: (options) => singleStream(options, "sink", ["plexus"], sendTcp)
   },
   {
     name: "stream-per-request-vs-yamux",
