@@ -11,6 +11,8 @@
  *   socket's handle is taken over by a socket made with it): raw node:net
  *   at its leanest;
  * - `plexus`: `@plexus/transport-tcp` `Tcp.listen`, a `reader.pull` loop;
+ * - `plexus-borrowed`: the same server, each connection read borrowed
+ *   (`Transport.borrowedReads`), counting the bytes of every lent read;
  * - `platform-node`: `@effect/platform-node` `NodeSocketServer.make`, the
  *   same `reader.pull` loop.
  */
@@ -104,6 +106,25 @@ switch (impl) {
   case "plexus": {
     const { Tcp } = await import("@plexus/transport-tcp")
     serve(Effect.map(Tcp.listen({ host: HOST, port: 0 }), (server) => ({ port: server.port, run: server.run(sink) })))
+    break
+  }
+  case "plexus-borrowed": {
+    const { Tcp } = await import("@plexus/transport-tcp")
+    const { Transport } = await import("@plexus/core")
+    const sinkBorrowed = (socket: Socket.Socket): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        let bytes = 0
+        const reads = Transport.borrowedReads(socket)
+        if (reads === undefined) return Effect.sync(() => report({ type: "error", message: "no borrowed reads" }))
+        return reads.readBorrowed((chunk) => {
+          bytes += chunk.length
+        }).pipe(
+          Effect.scoped,
+          Effect.catchReason("SocketError", "SocketCloseError", () => Effect.sync(() => report({ type: "received", bytes }))),
+          Effect.catch((error) => Effect.sync(() => report({ type: "error", message: String(error) })))
+        )
+      })
+    serve(Effect.map(Tcp.listen({ host: HOST, port: 0 }), (server) => ({ port: server.port, run: server.run(sinkBorrowed) })))
     break
   }
   case "platform-node": {

@@ -10,6 +10,9 @@
  *
  * - `tcp-1GiB`: `@plexus/transport-tcp` at both ends (writer to send, a
  *   reader pull loop to receive).
+ * - `tcp-1GiB-borrowed`: the same sender; the receiver reads borrowed
+ *   (`Transport.borrowedReads`: every read lent in one reused buffer), as a
+ *   session's decoder does.
  * - `tcp-1GiB-platform-node`: `@effect/platform-node` `NodeSocket.makeNet`
  *   and `NodeSocketServer.make` at both ends, the same loops: why plexus
  *   has its own adapter.
@@ -117,6 +120,15 @@ export const suite: Suite = {
       "tcp-1GiB",
       "1 GiB one way in 64 KiB writes, @plexus/transport-tcp at both ends",
       "plexus",
+      async () => {
+        const { Tcp } = await import("@plexus/transport-tcp")
+        return (port) => Tcp.dial({ host: HOST, port, noDelay: true })
+      }
+    ),
+    row(
+      "tcp-1GiB-borrowed",
+      "1 GiB one way in 64 KiB writes, @plexus/transport-tcp at both ends, the receiver reading borrowed (one reused buffer)",
+      "plexus-borrowed",
       async () => {
         const { Tcp } = await import("@plexus/transport-tcp")
         return (port) => Tcp.dial({ host: HOST, port, noDelay: true })
