@@ -30,7 +30,6 @@ import * as Semaphore from "effect/Semaphore"
 import { MessageTransport } from "@plexus/core"
 import { withByteChunks } from "./internal/byteChunks.ts"
 import * as internalClient from "./internal/client.ts"
-import { Mailbox } from "./internal/mailbox.ts"
 import { Outbox } from "./internal/outbox.ts"
 import {
   chunkOf,
@@ -121,17 +120,28 @@ type Inbound =
   | Decoded<FromServerEncoded>
   | { readonly kind: "lost"; readonly detail: string }
   | { readonly kind: "unsent"; readonly error: unknown }
-  | { readonly kind: "answered" }
 
-/** The call's Exit went to effect/rpc from the reader: the call's fiber only ends. */
-const answered: Inbound = { kind: "answered" }
-
-/** A call waiting for its answer on a carrier. */
+/**
+ * A call waiting for its answer on a carrier. Its fiber waits in an
+ * `Effect.callback` whose resume is `waker`; the reader resumes it with the
+ * next step (hand on a chunk and wait again, or end). Messages that arrive
+ * while the fiber is busy handing on a chunk wait in `queue`.
+ */
 interface Pending {
-  readonly mailbox: Mailbox<Inbound>
+  readonly key: string
+  readonly requestId: string | number
   readonly deliver: (message: FromServerEncoded) => Effect.Effect<void>
+  readonly timeout: number | undefined
+  waker: ((effect: Effect.Effect<void, RpcTransportError>) => void) | undefined
+  queue: Array<Inbound> | undefined
   /** The call's end came (an Exit or an error of the server's): no Interrupt for it. */
   finished: boolean
+  /** The request was never written: no Interrupt for it either. */
+  unsent: boolean
+  /** Out of the carrier's calls. */
+  released: boolean
+  /** A streaming answer: the rest of the call runs under a guard that tells the server if it is given up on. */
+  guarded: boolean
 }
 
 const defaultSendRetryable = (error: unknown): boolean =>
@@ -200,9 +210,9 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
       else wakeIdle()
     }
 
-    // One reader routes every message to its call's mailbox, never waiting
-    // on a call: a slow consumer holds only its own mailbox (one chunk,
-    // since the server waits for the Ack). An Exit for a call whose fiber
+    // One reader routes every message to its call (its waiting fiber, or its
+    // queue), never waiting on a call: a slow consumer holds only its own
+    // queue (one chunk, since the server waits for the Ack). An Exit for a call whose fiber
     // waits with nothing else to hand on goes to effect/rpc from here, after
     // that fiber ended: effect/rpc then has no send still running to stop.
     const route = (message: Uint8Array): Effect.Effect<void> | undefined => {
@@ -236,12 +246,15 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
         stats.unmatched++
         return
       }
-      if (decoded.kind === KIND_ENVELOPE && decoded.message._tag === "Exit" && call.mailbox.waiting) {
+      const waker = call.waker
+      if (decoded.kind === KIND_ENVELOPE && decoded.message._tag === "Exit" && waker !== undefined) {
         call.finished = true
-        call.mailbox.offer(answered)
+        call.waker = undefined
+        release(call)
+        waker(Effect.void)
         return call.deliver(decoded.message)
       }
-      call.mailbox.offer(decoded)
+      dispatch(call, decoded)
     }
     const onBatch = (batch: ReadonlyArray<Uint8Array>, from: number): Effect.Effect<never, unknown> => {
       for (let i = from; i < batch.length; i++) {
@@ -263,105 +276,164 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
     const interruptOnWire = (requestId: string | number) =>
       Effect.sync(() => outbox.push(codec.encode({ _tag: "Interrupt", requestId })))
 
+    /** The call leaves the carrier's calls (once). */
+    const release = (call: Pending): void => {
+      if (call.released) return
+      call.released = true
+      calls.delete(call.key)
+      callEnded()
+    }
+    /** A call given up on tells the server, which interrupts the handler. */
+    const abandon = (call: Pending): void => {
+      if (call.released) return
+      release(call)
+      if (!call.unsent && !call.finished) outbox.push(codec.encode({ _tag: "Interrupt", requestId: call.requestId }))
+    }
+    /** Hands a message to its call: to its waiting fiber, or into its queue. */
+    const dispatch = (call: Pending, inbound: Inbound): void => {
+      const waker = call.waker
+      if (waker === undefined) {
+        ;(call.queue ??= []).push(inbound)
+        return
+      }
+      call.waker = undefined
+      waker(step(call, inbound))
+    }
+    /** Waits for the call's next message. */
+    const next = (call: Pending): Effect.Effect<void, RpcTransportError> =>
+      Effect.callback<void, RpcTransportError>((resume) => {
+        const queued = call.queue
+        if (queued !== undefined && queued.length > 0) return resume(step(call, queued.shift()!))
+        call.waker = resume
+        return Effect.sync(() => {
+          if (call.waker === resume) call.waker = undefined
+          abandon(call)
+        })
+      })
+    /** Hands a chunk on, then waits for more; the first one puts the rest of the call under a guard. */
+    const chunk = (call: Pending, message: FromServerEncoded): Effect.Effect<void, RpcTransportError> => {
+      const rest = Effect.andThen(call.deliver(message), next(call))
+      if (call.guarded) return rest
+      call.guarded = true
+      return Effect.onExit(rest, (exit) => {
+        if (Exit.isFailure(exit)) abandon(call)
+        return Effect.void
+      })
+    }
+    /** What the call's fiber does with one message. */
+    const step = (call: Pending, inbound: Inbound): Effect.Effect<void, RpcTransportError> => {
+      switch (inbound.kind) {
+        case KIND_ENVELOPE: {
+          const envelope = inbound.message
+          if (envelope._tag === "Chunk") return chunk(call, envelope)
+          if (envelope._tag === "Exit") {
+            call.finished = true
+            release(call)
+            return call.deliver(envelope)
+          }
+          return next(call)
+        }
+        case KIND_CHUNK:
+          return chunk(call, chunkOf(call.requestId, inbound.tail))
+        case KIND_DEFECT: {
+          call.finished = true
+          release(call)
+          const defect = codec.decodeTail(inbound.tail)
+          return Effect.die(defect !== undefined && defect._tag === "Defect" ? ctx.decodeDefect(defect.defect) : "a defect")
+        }
+        case KIND_DEADLINE:
+          call.finished = true
+          release(call)
+          return Effect.fail(
+            new RpcTransportError({
+              reason: new DeadlineExceeded({ timeoutMillis: call.timeout ?? 0, byServer: true }),
+              retryable: false
+            })
+          )
+        case KIND_REFUSED:
+          call.finished = true
+          release(call)
+          return Effect.fail(
+            new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
+          )
+        case KIND_ABORTED:
+          call.finished = true
+          release(call)
+          return Effect.fail(
+            new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
+          )
+        case "unsent": {
+          call.unsent = true
+          release(call)
+          const error = inbound.error
+          const retryable = ctx.sendRetryable(error)
+          return Effect.fail(
+            new RpcTransportError({
+              reason: retryable
+                ? new NotSent({ detail: String(error), cause: error })
+                : new ConnectionLost({ detail: String(error), cause: error }),
+              retryable
+            })
+          )
+        }
+        case "lost":
+          abandon(call)
+          return Effect.fail(
+            new RpcTransportError({ reason: new ConnectionLost({ detail: inbound.detail }), retryable: false })
+          )
+        case KIND_UNKNOWN:
+          abandon(call)
+          return Effect.fail(
+            new RpcTransportError({
+              reason: new ConnectionLost({
+                detail: "the server has no such call: its request or its answer was lost with a connection"
+              }),
+              retryable: false
+            })
+          )
+        default:
+          return next(call)
+      }
+    }
+
+    // A call's fiber waits in one callback from its request to its answer:
+    // interrupted there (the caller gave up, or its deadline passed), it
+    // tells the server.
     const attempt: internalClient.Attempt = (request, deliver) =>
-      Effect.suspend(() => {
-        const key = idKey(request.id)
+      Effect.callback<void, RpcTransportError>((resume) => {
         let bytes: Uint8Array
         try {
           bytes = codec.encode(request)
         } catch (cause) {
-          return Effect.die(cause)
+          return resume(Effect.die(cause))
         }
         if (bytes.length > ctx.maxRequest) {
-          return Effect.fail(
+          return resume(Effect.fail(
             new RpcTransportError({ reason: new MessageTooLarge({ size: bytes.length, max: ctx.maxRequest }), retryable: true })
-          )
+          ))
         }
         if (lost !== undefined) {
-          return Effect.fail(new RpcTransportError({ reason: new NotSent({ detail: lost }), retryable: true }))
+          return resume(Effect.fail(new RpcTransportError({ reason: new NotSent({ detail: lost }), retryable: true })))
         }
-        const timeout = timeoutOf(request.headers)
-        const mailbox = new Mailbox<Inbound>()
-        const call: Pending = { mailbox, deliver, finished: false }
-        calls.set(key, call)
+        const call: Pending = {
+          key: idKey(request.id),
+          requestId: request.id,
+          deliver,
+          timeout: timeoutOf(request.headers),
+          waker: resume,
+          queue: undefined,
+          finished: false,
+          unsent: false,
+          released: false,
+          guarded: false
+        }
+        calls.set(call.key, call)
         // The request leaves with the turn's other messages; a failed write
-        // comes back through the mailbox.
-        outbox.push(bytes, (error) => mailbox.offer({ kind: "unsent", error }))
-        let unsent = false
-        const loop: Effect.Effect<void, RpcTransportError> = Effect.flatMap(mailbox.take, (inbound) => {
-            switch (inbound.kind) {
-              case KIND_ENVELOPE: {
-                const envelope = inbound.message
-                if (envelope._tag === "Chunk") return Effect.andThen(deliver(envelope), loop)
-                if (envelope._tag === "Exit") {
-                  call.finished = true
-                  return deliver(envelope)
-                }
-                return loop
-              }
-              case KIND_CHUNK:
-                return Effect.andThen(deliver(chunkOf(request.id, inbound.tail)), loop)
-              case KIND_DEFECT: {
-                call.finished = true
-                const defect = codec.decodeTail(inbound.tail)
-                return Effect.die(defect !== undefined && defect._tag === "Defect" ? ctx.decodeDefect(defect.defect) : "a defect")
-              }
-              case KIND_DEADLINE:
-                call.finished = true
-                return Effect.fail(
-                  new RpcTransportError({
-                    reason: new DeadlineExceeded({ timeoutMillis: timeout ?? 0, byServer: true }),
-                    retryable: false
-                  })
-                )
-              case KIND_REFUSED:
-                call.finished = true
-                return Effect.fail(
-                  new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
-                )
-              case KIND_ABORTED:
-                call.finished = true
-                return Effect.fail(
-                  new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
-                )
-              case "unsent": {
-                unsent = true
-                const error = inbound.error
-                const retryable = ctx.sendRetryable(error)
-                return Effect.fail(
-                  new RpcTransportError({
-                    reason: retryable
-                      ? new NotSent({ detail: String(error), cause: error })
-                      : new ConnectionLost({ detail: String(error), cause: error }),
-                    retryable
-                  })
-                )
-              }
-              case "lost":
-                return Effect.fail(
-                  new RpcTransportError({ reason: new ConnectionLost({ detail: inbound.detail }), retryable: false })
-                )
-              case KIND_UNKNOWN:
-                return Effect.fail(
-                  new RpcTransportError({
-                    reason: new ConnectionLost({
-                      detail: "the server has no such call: its request or its answer was lost with a connection"
-                    }),
-                    retryable: false
-                  })
-                )
-              case "answered":
-                return Effect.void
-              default:
-                return loop
-            }
-          })
-        return Effect.onExit(loop, (exit) => {
-          calls.delete(key)
-          callEnded()
-          // A call given up on tells the server, which interrupts the handler.
-          if (!unsent && !call.finished && Exit.isFailure(exit)) outbox.push(codec.encode({ _tag: "Interrupt", requestId: request.id }))
-          return Effect.void
+        // comes back to the call as a message.
+        outbox.push(bytes, (error) => dispatch(call, { kind: "unsent", error }))
+        return Effect.sync(() => {
+          if (call.waker === resume) call.waker = undefined
+          abandon(call)
         })
       })
 
@@ -401,7 +473,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
             ? (Cause.isDone(Cause.squash(exit.cause)) ? "the carrier ended" : String(Cause.squash(exit.cause)))
             : "the client closed"
           routing = false
-          for (const call of calls.values()) call.mailbox.offer({ kind: "lost", detail: lost })
+          for (const call of calls.values()) dispatch(call, { kind: "lost", detail: lost })
           wakeIdle()
           ctx.onRetire(link)
         }))
