@@ -389,6 +389,13 @@ describe("Tcp", () => {
         }
         // Every chunk kept since the first read is still what was sent.
         assert.deepStrictEqual(concat(kept), payload)
+        // A chunk handed on in the memory it was read into shows nothing
+        // else through its ArrayBuffer: what the read did not fill is zero.
+        for (const chunk of kept) {
+          if (chunk.byteOffset !== 0 || chunk.byteLength === chunk.buffer.byteLength || chunk.byteLength < 32 * 1024) continue
+          const rest = new Uint8Array(chunk.buffer, chunk.byteLength)
+          assert.isTrue(rest.every((b) => b === 0), "uninitialised memory behind a chunk")
+        }
       }))
 
     it.live("an accepted connection still counts against maxConnections after the adapter takes its handle", () =>

@@ -209,6 +209,9 @@ class Connection {
     }
     let chunk: Uint8Array
     if (n >= HAND_ON_BYTES && memory === into.memory) {
+      // The memory was never initialised: what the read did not fill is
+      // cleared, so `chunk.buffer` shows nothing but these bytes.
+      if (n < memory.length) memory.fill(0, n)
       chunk = memory.subarray(0, n)
       into.memory = undefined
     } else {
