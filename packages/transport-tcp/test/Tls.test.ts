@@ -23,6 +23,19 @@ describe("Tls", () => {
       assert.strictEqual((Tcp.netSocket(client) as unknown as { encrypted?: boolean }).encrypted, true)
     }))
 
+  it.live("TLS sockets offer no borrowed reader: their reads are fresh Buffers a Reader keeps as they are", () =>
+    Effect.gen(function*() {
+      const server = yield* Tls.listen({ key, cert })
+      const client = yield* Tls.dial({ port: server.port, ca: cert, servername: "localhost" })
+      const accepted = yield* server.accept
+      assert.isUndefined(Transport.borrowedReads(client))
+      assert.isUndefined(Transport.borrowedReads(accepted.socket))
+      // Plain TCP sockets of this package do offer one.
+      const tcpServer = yield* Tcp.listen()
+      assert.isDefined(Transport.borrowedReads(yield* Tcp.dial({ port: tcpServer.port })))
+      assert.isDefined(Transport.borrowedReads((yield* tcpServer.accept).socket))
+    }))
+
   it.live("dialing 127.0.0.1 without a servername checks the certificate's IP address", () =>
     Effect.gen(function*() {
       const server = yield* Tls.listen({ key, cert })

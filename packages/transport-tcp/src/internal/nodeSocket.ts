@@ -10,7 +10,8 @@
  * borrowed reader (`Transport.BorrowedReads`) one buffer is read into again
  * and again, so a bulk receiver allocates nothing per read. Sockets made
  * elsewhere (TLS, `fromNetSocket`) are read from `'data'` events, each
- * Buffer handed on as received.
+ * Buffer handed on as received, and offer no borrowed reader (a `Reader`
+ * keeps their fresh Buffers without a copy).
  *
  * Chunks for a `Reader` go into a list whose byte count pauses the socket at
  * the high-water mark (and resumes it when a `pull` takes the list). A
@@ -555,7 +556,10 @@ export const fromNodeSocket = (conn: Net.Socket, options?: AdapterOptions): Sock
   const socket = Socket.make({ reader: connection.acquireReader, writer: connection.acquireWriter })
   registry.set(socket, conn)
   Transport.registerWriteBacklog(socket, () => conn.writableLength)
-  Transport.registerBorrowedReads(socket, { readBorrowed: connection.readBorrowed })
+  // Borrowed reads pay off where reads land in reused memory; a socket read
+  // from 'data' events hands over fresh Buffers anyway, which a Reader keeps
+  // without a copy.
+  if (readIntos.has(conn)) Transport.registerBorrowedReads(socket, { readBorrowed: connection.readBorrowed })
   return socket
 }
 
