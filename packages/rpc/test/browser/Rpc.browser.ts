@@ -15,7 +15,7 @@ import * as Layer from "effect/Layer"
 import { RpcServer } from "effect/rpc"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { bundlePage, CHROMIUM, launch, servePage } from "@plexus/transport-ws/test/fixtures/Chromium.ts"
+import { CHROMIUM, runPage } from "@plexus/transport-ws/test/fixtures/Chromium.ts"
 import { WsServer } from "@plexus/transport-ws"
 import { NodeRpcChannels } from "../../src/index.ts"
 import { PageApi, PageHandlers } from "./Api.ts"
@@ -25,7 +25,6 @@ describe("RPC from chromium", () => {
   it.live("a page's RpcClient calls unary, streaming and failing methods over channels through a 401 → credentials → 101 handshake", () =>
     Effect.gen(function*() {
       assert.isTrue(Fs.existsSync(CHROMIUM), `no chromium at ${CHROMIUM}`)
-      const script = yield* bundlePage(Path.join(import.meta.dirname, "page.ts"))
       const authRequests: Array<string | undefined> = []
       const context = yield* Layer.build(
         RpcServer.layer(PageApi).pipe(
@@ -46,25 +45,12 @@ describe("RPC from chromium", () => {
         )
       )
       const ws = Context.get(context, WsServer.WsServer)
-      const pageUrl = yield* servePage(script, "plexus rpc")
-      const browser = yield* launch
-      const page = yield* Effect.promise(() => browser.newPage())
-      const consoleErrors: Array<string> = []
-      page.on("console", (m) => {
-        if (m.type() === "error") consoleErrors.push(m.text())
+      const { report, consoleErrors } = yield* runPage<RpcPageReport>({
+        entry: Path.join(import.meta.dirname, "page.ts"),
+        title: "plexus rpc",
+        run: "runRpc",
+        args: [ws.url, "letmein"]
       })
-      page.on("pageerror", (e) => consoleErrors.push(String(e)))
-      yield* Effect.promise(() => page.goto(pageUrl))
-      yield* Effect.promise(() =>
-        page.waitForFunction(() => typeof (globalThis as { runRpc?: unknown }).runRpc === "function")
-      )
-      const report: RpcPageReport = yield* Effect.promise(() =>
-        page.evaluate(
-          ([wsUrl, token]) =>
-            (globalThis as unknown as { runRpc: (u: string, t: string) => Promise<RpcPageReport> }).runRpc(wsUrl, token),
-          [ws.url, "letmein"] as const
-        )
-      )
 
       assert.match(report.userAgent, /Chrome/)
       assert.deepStrictEqual(authRequests, [undefined, "Bearer letmein"])

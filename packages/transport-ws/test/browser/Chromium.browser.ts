@@ -11,7 +11,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { bundlePage, CHROMIUM, launch, servePage } from "../fixtures/Chromium.ts"
+import { CHROMIUM, runPage } from "../fixtures/Chromium.ts"
 import { listenChannels } from "../channelServer.ts"
 import type { PageReport } from "./page.ts"
 
@@ -19,28 +19,16 @@ describe("channels in chromium", () => {
   it.live("a page opens channels through a 401 → credentials → 101 handshake and uses them as WebSockets", () =>
     Effect.gen(function*() {
       assert.isTrue(Fs.existsSync(CHROMIUM), `no chromium at ${CHROMIUM}`)
-      const script = yield* bundlePage(Path.join(import.meta.dirname, "page.ts"))
       const { url, authRequests, connections } = yield* listenChannels({
         token: "letmein",
         listen: { protocols: ["app.v1"] }
       })
-      const pageUrl = yield* servePage(script, "plexus channels")
-      const browser = yield* launch
-      const page = yield* Effect.promise(() => browser.newPage())
-      const consoleErrors: Array<string> = []
-      page.on("console", (m) => {
-        if (m.type() === "error") consoleErrors.push(m.text())
+      const { report, consoleErrors } = yield* runPage<PageReport>({
+        entry: Path.join(import.meta.dirname, "page.ts"),
+        title: "plexus channels",
+        run: "runChannels",
+        args: [url, "letmein"]
       })
-      page.on("pageerror", (e) => consoleErrors.push(String(e)))
-      yield* Effect.promise(() => page.goto(pageUrl))
-      yield* Effect.promise(() => page.waitForFunction(() => typeof (globalThis as { runChannels?: unknown }).runChannels === "function"))
-      const report: PageReport = yield* Effect.promise(() =>
-        page.evaluate(
-          ([wsUrl, token]) =>
-            (globalThis as unknown as { runChannels: (u: string, t: string) => Promise<PageReport> }).runChannels(wsUrl, token),
-          [url, "letmein"] as const
-        )
-      )
 
       assert.match(report.userAgent, /Chrome/)
       // The handshake: one 401 round, then the credentials were accepted.
