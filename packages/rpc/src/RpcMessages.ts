@@ -50,12 +50,9 @@ import {
   timeoutOf
 } from "./internal/wire.ts"
 import {
-  Aborted,
   ConnectionLost,
-  DeadlineExceeded,
   MessageTooLarge,
   NotSent,
-  Refused,
   RpcTransportError
 } from "./RpcTransportError.ts"
 import { serialization } from "./RpcSession.ts"
@@ -342,26 +339,11 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
           return Effect.die(defect !== undefined && defect._tag === "Defect" ? ctx.decodeDefect(defect.defect) : "a defect")
         }
         case KIND_DEADLINE:
-          call.finished = true
-          release(call)
-          return Effect.fail(
-            new RpcTransportError({
-              reason: new DeadlineExceeded({ timeoutMillis: call.timeout ?? 0, byServer: true }),
-              retryable: false
-            })
-          )
         case KIND_REFUSED:
-          call.finished = true
-          release(call)
-          return Effect.fail(
-            new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
-          )
         case KIND_ABORTED:
           call.finished = true
           release(call)
-          return Effect.fail(
-            new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
-          )
+          return Effect.fail(internalClient.endedByServer(inbound.kind, call.timeout))
         case "unsent": {
           call.unsent = true
           release(call)

@@ -51,7 +51,6 @@ import {
   timeoutOf
 } from "./internal/wire.ts"
 import {
-  Aborted,
   ConnectionLost,
   DeadlineExceeded,
   MessageTooLarge,
@@ -322,20 +321,10 @@ export const makeClientProtocol = (
                 return yield* Effect.die(defect !== undefined && defect._tag === "Defect" ? decodeDefect(defect.defect) : "a defect")
               }
               case KIND_DEADLINE:
-                return yield* Effect.fail(
-                  new RpcTransportError({
-                    reason: new DeadlineExceeded({ timeoutMillis: timeout ?? 0, byServer: true }),
-                    retryable: false
-                  })
-                )
-              case KIND_REFUSED:
-                return yield* failed(
-                  new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
-                )
               case KIND_ABORTED:
-                return yield* Effect.fail(
-                  new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
-                )
+                return yield* Effect.fail(internalClient.endedByServer(decoded.kind, timeout))
+              case KIND_REFUSED:
+                return yield* failed(internalClient.endedByServer(KIND_REFUSED, timeout))
               default: {
                 yield* stream.reset(Session.Code.PROTOCOL_ERROR)
                 return yield* Effect.fail(violation(decoded.kind === "malformed" ? decoded.detail : "GOAWAY on a stream"))

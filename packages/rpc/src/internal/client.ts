@@ -10,9 +10,9 @@ import * as Effect from "effect/Effect"
 import { RpcClient, type RpcClientError, type RpcSerialization } from "effect/rpc"
 import type { FromClientEncoded, FromServerEncoded, RequestEncoded } from "effect/rpc/RpcMessage"
 import * as Schema from "effect/Schema"
-import { DeadlineExceeded, RpcTransportError, toClientError } from "../RpcTransportError.ts"
+import { Aborted, DeadlineExceeded, Refused, RpcTransportError, toClientError } from "../RpcTransportError.ts"
 import { withByteChunks } from "./byteChunks.ts"
-import { timeoutOf } from "./wire.ts"
+import { KIND_ABORTED, KIND_DEADLINE, KIND_REFUSED, timeoutOf } from "./wire.ts"
 
 /** Options every client protocol takes. */
 export interface ClientOptions {
@@ -42,6 +42,28 @@ export interface Carrier {
   readonly supportsAck: boolean
   readonly ack: (requestId: string | number) => Effect.Effect<void, RpcClientError.RpcClientError>
   readonly interrupt: (requestId: string | number) => Effect.Effect<void>
+}
+
+/**
+ * The failure of a call the server ended with DEADLINE, REFUSED or ABORTED
+ * (docs/spec/rpc.md): only a refused call is safe to retry. `timeout` is
+ * the call's deadline, if it carried one.
+ */
+export const endedByServer = (
+  kind: typeof KIND_DEADLINE | typeof KIND_REFUSED | typeof KIND_ABORTED,
+  timeout: number | undefined
+): RpcTransportError => {
+  switch (kind) {
+    case KIND_DEADLINE:
+      return new RpcTransportError({
+        reason: new DeadlineExceeded({ timeoutMillis: timeout ?? 0, byServer: true }),
+        retryable: false
+      })
+    case KIND_REFUSED:
+      return new RpcTransportError({ reason: new Refused({ detail: "refused by the server" }), retryable: true })
+    case KIND_ABORTED:
+      return new RpcTransportError({ reason: new Aborted({ detail: "the server ended the call" }), retryable: false })
+  }
 }
 
 /** Whether a retry can help: the call never started, and not for a reason that will repeat. */
