@@ -23,7 +23,7 @@
  * order.
  */
 import { Channels, Fanout } from "@plexus/core"
-import { NodeWs } from "@plexus/transport-ws"
+import { Negotiation, NodeWs } from "@plexus/transport-ws"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Scope from "effect/Scope"
@@ -70,7 +70,7 @@ const serveAll = (server: Server, node: Fanout.Node<string>) =>
       const connection = yield* server.accept
       yield* node.serve(yield* connection.messages, {
         role: "server",
-        extensions: connection.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>
+        extensions: Negotiation.channelsExtensions(connection.negotiated)
       }, "bench")
     })
   ))

@@ -16,7 +16,7 @@
  * showcase.
  */
 import { ChannelError, Channels, Fanout } from "@plexus/core"
-import { NodeWs } from "@plexus/transport-ws"
+import { Negotiation, NodeWs } from "@plexus/transport-ws"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -38,7 +38,7 @@ const serveAll = (server: Server, node: Fanout.Node<string>) =>
       const connection = yield* server.accept
       yield* node.serve(yield* connection.messages, {
         role: "server",
-        extensions: connection.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>
+        extensions: Negotiation.channelsExtensions(connection.negotiated)
       }, tenantOf(connection.path))
     })
   ))
@@ -49,7 +49,7 @@ const dial = (url: string) =>
     const ws = yield* NodeWs.dial({ url, channelExtensions: ["fanout"] })
     const channels = yield* Channels.make(yield* ws.messages, {
       role: "client",
-      extensions: ws.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>
+      extensions: Negotiation.channelsExtensions(ws.negotiated)
     })
     return { ws, channels }
   })

@@ -68,6 +68,23 @@ export const ChannelTypeId = "~@plexus/core/Channels/Channel"
 export type Extension = "fanout" | "encryption"
 
 /**
+ * Every per-channel extension this implementation knows.
+ *
+ * @category models
+ * @since 0.1.0
+ */
+export const extensions: ReadonlyArray<Extension> = ["fanout", "encryption"]
+
+/**
+ * Whether a handshake name is a per-channel extension this implementation
+ * knows.
+ *
+ * @category guards
+ * @since 0.1.0
+ */
+export const isExtension = (name: string): name is Extension => (extensions as ReadonlyArray<string>).includes(name)
+
+/**
  * Options of a connection. Every limit has the spec's default (spec: Limits
  * and hostile peers).
  *

@@ -25,6 +25,7 @@ import * as FiberSet from "effect/FiberSet"
 import * as Scope from "effect/Scope"
 import { ChannelCloseEvent, ChannelErrorEvent, ChannelSocket, control, type Host } from "./ChannelSocket.ts"
 import { type CloseInfo, failureInfo } from "./internal/closeInfo.ts"
+import * as Negotiation from "./Negotiation.ts"
 import * as Ws from "./Ws.ts"
 
 /**
@@ -98,8 +99,6 @@ type Handler<E extends Event> = ((this: ChannelClient, event: E) => unknown) | n
 const OPEN = 1
 const CLOSING = 2
 const CLOSED = 3
-
-const KNOWN_EXTENSIONS: ReadonlyArray<string> = ["fanout", "encryption"]
 
 interface Running {
   readonly connection: { readonly protocol: string | undefined; readonly negotiated: { readonly channelExtensions: ReadonlyArray<string> | undefined }; readonly keyMaterial: Uint8Array | undefined }
@@ -320,9 +319,7 @@ export const connect = async (url: string, options: ConnectOptions = {}): Promis
       connector: options.WebSocket === undefined ? undefined : Ws.browserConnector(options.WebSocket)
     })
     const transport = yield* connection.messages
-    const extensions = (connection.negotiated.channelExtensions ?? []).filter((e): e is Channels.Extension =>
-      KNOWN_EXTENSIONS.includes(e)
-    )
+    const extensions = Negotiation.channelsExtensions(connection.negotiated)
     const channels = yield* Channels.make(transport, { ...options.channels, role: "client", extensions })
     const run = yield* FiberSet.makeRuntime<never, unknown, unknown>()
     return { connection, channels, run }

@@ -13,6 +13,7 @@
  *
  * @since 0.1.0
  */
+import { Channels } from "@plexus/core"
 import { ExtensionNotOffered, InvalidNegotiation, ProtocolNotOffered } from "./WsError.ts"
 
 /**
@@ -101,6 +102,17 @@ export interface Negotiated {
   /** Whether permessage-deflate is on for this connection. */
   readonly deflate: boolean
 }
+
+/**
+ * The negotiated per-channel extensions that `Channels` implements, for its
+ * `extensions` option (names it does not know are left out); none when
+ * `plexus-channels` was not negotiated.
+ *
+ * @category accessors
+ * @since 0.1.0
+ */
+export const channelsExtensions = (negotiated: Negotiated): ReadonlyArray<Channels.Extension> =>
+  (negotiated.channelExtensions ?? []).filter(Channels.isExtension)
 
 /**
  * How a server picks the sub-protocol: a preference list (the first entry

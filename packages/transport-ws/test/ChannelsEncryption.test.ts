@@ -7,7 +7,7 @@ import { Channels } from "@plexus/core"
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
-import { NodeWs, Ws } from "../src/index.ts"
+import { Negotiation, NodeWs, Ws } from "../src/index.ts"
 import { decode, text, within } from "./helpers.ts"
 
 const KEY_ID = 7
@@ -41,12 +41,12 @@ describe("Channels encryption over a WebSocket", () => {
         keyMaterial === undefined ? new Map<number, Uint8Array>() : new Map([[KEY_ID, keyMaterial]])
       const atClient = yield* Channels.make(yield* client.messages, {
         role: "client",
-        extensions: client.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>,
+        extensions: Negotiation.channelsExtensions(client.negotiated),
         keys: keysOf(client.keyMaterial)
       })
       const atServer = yield* Channels.make(yield* accepted.messages, {
         role: "server",
-        extensions: accepted.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>,
+        extensions: Negotiation.channelsExtensions(accepted.negotiated),
         keys: keysOf(accepted.keyMaterial)
       })
 

@@ -6,7 +6,7 @@
 import { Channels, Fanout } from "@plexus/core"
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import { NodeWs } from "../src/index.ts"
+import { Negotiation, NodeWs } from "../src/index.ts"
 import { decode, text, within } from "./helpers.ts"
 
 type Server = Effect.Success<ReturnType<typeof NodeWs.listen>>
@@ -19,7 +19,7 @@ const serveAll = (server: Server, node: Fanout.Node<string>, peer: string) =>
       const connection = yield* server.accept
       yield* node.serve(yield* connection.messages, {
         role: "server",
-        extensions: connection.negotiated.channelExtensions as ReadonlyArray<Channels.Extension>
+        extensions: Negotiation.channelsExtensions(connection.negotiated)
       }, peer)
     })
   ))
