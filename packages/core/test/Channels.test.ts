@@ -8,16 +8,11 @@ import * as Stream from "effect/Stream"
 import * as ChannelError from "../src/ChannelError.ts"
 import * as Channels from "../src/Channels.ts"
 import * as Memory from "../src/Memory.ts"
+import { within } from "./fixtures/Within.ts"
+import { take } from "./fixtures/ChannelFailures.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
-
-/** Fails the test with the step's name when `effect` overruns its deadline. */
-const within = (step: string, millis = 5_000) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutOrElse(effect, {
-    duration: Duration.millis(millis),
-    orElse: () => Effect.die(new Error(`deadline exceeded: ${step} (${millis} ms)`))
-  })
 
 const connect = (options?: Partial<Channels.Options>, pairOptions?: Memory.PairOptions<Memory.MessageFaults>) =>
   Effect.gen(function*() {
@@ -25,17 +20,6 @@ const connect = (options?: Partial<Channels.Options>, pairOptions?: Memory.PairO
     const client = yield* Channels.make(link.a, { ...options, role: "client" })
     const server = yield* Channels.make(link.b, { ...options, role: "server" })
     return { client, server, link }
-  })
-
-/** Reads exactly `n` messages from a channel. */
-const take = (channel: Channels.Channel, n: number) =>
-  Effect.gen(function*() {
-    const out: Array<Uint8Array> = []
-    while (out.length < n) {
-      const batch = yield* channel.pull
-      for (const m of batch) out.push(m)
-    }
-    return out
   })
 
 /** Reads a channel until its end. */

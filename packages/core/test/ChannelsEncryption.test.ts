@@ -6,7 +6,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -16,17 +15,12 @@ import * as Channels from "../src/Channels.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import * as MessageTransport from "../src/MessageTransport.ts"
-import { pullUntilFailure } from "./fixtures/ChannelFailures.ts"
+import { pullUntilFailure, take } from "./fixtures/ChannelFailures.ts"
+import { within } from "./fixtures/Within.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
 const Code = ChannelError.Code
-
-const within = (step: string, millis = 5_000) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutOrElse(effect, {
-    duration: Duration.millis(millis),
-    orElse: () => Effect.die(new Error(`deadline exceeded: ${step} (${millis} ms)`))
-  })
 
 const KEY_1 = Uint8Array.from({ length: 32 }, (_, i) => i + 1)
 const KEY_2 = Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i)
@@ -86,13 +80,6 @@ const openPair = (
     const atServer = yield* server.accept.pipe(within("accept"))
     const atClient = yield* Fiber.join(opening).pipe(within("open"))
     return { atClient, atServer }
-  })
-
-const take = (channel: Channels.Channel, n: number) =>
-  Effect.gen(function*() {
-    const out: Array<Uint8Array> = []
-    while (out.length < n) for (const m of yield* channel.pull) out.push(m)
-    return out
   })
 
 const failureOf = <A>(exit: Exit.Exit<A, ChannelError.ChannelError | Cause.Done>): ChannelError.ChannelError => {

@@ -5,7 +5,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -14,12 +13,7 @@ import * as Channels from "../src/Channels.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import type * as MessageTransport from "../src/MessageTransport.ts"
-
-const within = (step: string, millis = 5_000) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutOrElse(effect, {
-    duration: Duration.millis(millis),
-    orElse: () => Effect.die(new Error(`deadline exceeded: ${step} (${millis} ms)`))
-  })
+import { within } from "./fixtures/Within.ts"
 
 // Raw message builders --------------------------------------------------------
 

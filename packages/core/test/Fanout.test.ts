@@ -5,7 +5,6 @@
  * control messages are built byte by byte.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -15,28 +14,12 @@ import * as Fanout from "../src/Fanout.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import type * as MessageTransport from "../src/MessageTransport.ts"
-import { failureCode, until } from "./fixtures/ChannelFailures.ts"
+import { failureCode, takeText, until } from "./fixtures/ChannelFailures.ts"
+import { within } from "./fixtures/Within.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
 const { Code } = ChannelError
-
-const within = (step: string, millis = 5_000) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutOrElse(effect, {
-    duration: Duration.millis(millis),
-    orElse: () => Effect.die(new Error(`deadline exceeded: ${step} (${millis} ms)`))
-  })
-
-/** Reads exactly `n` messages from a channel. */
-const take = (channel: Channels.Channel, n: number) =>
-  Effect.gen(function*() {
-    const out: Array<string> = []
-    while (out.length < n) {
-      const batch = yield* channel.pull
-      for (const m of batch) out.push(str(m))
-    }
-    return out
-  })
 
 const upperFilter: Fanout.FilterFactory = (data) => data.length === 0 ? (p) => p[0] >= 0x41 && p[0] <= 0x5a : undefined
 const filters = new Map([[0x80, upperFilter]])
@@ -90,7 +73,7 @@ describe("Fanout", () => {
       const before = (yield* longHaul.bToA.stats).written
       const payload = "x".repeat(200)
       for (let i = 0; i < messages; i++) yield* feed.send(text(`${i}:${payload}`))
-      const received = yield* Effect.forEach(channels, (ch) => take(ch, messages), { concurrency: "unbounded" }).pipe(
+      const received = yield* Effect.forEach(channels, (ch) => takeText(ch, messages), { concurrency: "unbounded" }).pipe(
         within("every subscriber gets the feed")
       )
       for (const list of received) {
@@ -123,11 +106,11 @@ describe("Fanout", () => {
       })
       const everything = yield* Fanout.subscribe(connection, { flow: "prices", scope: "acme" })
       for (const m of ["EUR 1", "USD 2", "CHF 3", "GBP 4"]) yield* feed.send(text(m))
-      assert.deepStrictEqual(yield* take(eur, 2).pipe(within("filtered")), ["EUR 1", "CHF 3"])
-      assert.deepStrictEqual(yield* take(everything, 4).pipe(within("unfiltered")), ["EUR 1", "USD 2", "CHF 3", "GBP 4"])
+      assert.deepStrictEqual(yield* takeText(eur, 2).pipe(within("filtered")), ["EUR 1", "CHF 3"])
+      assert.deepStrictEqual(yield* takeText(everything, 4).pipe(within("unfiltered")), ["EUR 1", "USD 2", "CHF 3", "GBP 4"])
       yield* connection.filter(eur, Fanout.prefixes("USD"))
       for (const m of ["EUR 5", "USD 6"]) yield* feed.send(text(m))
-      assert.deepStrictEqual(yield* take(eur, 1).pipe(within("replaced filter")), ["USD 6"])
+      assert.deepStrictEqual(yield* takeText(eur, 1).pipe(within("replaced filter")), ["USD 6"])
       assert.strictEqual(str(eur.fanout!.filter._tag === "Prefixes" ? eur.fanout!.filter.prefixes[0] : text("")), "USD")
     }))
 
@@ -142,7 +125,7 @@ describe("Fanout", () => {
         filter: Fanout.application(0x80)
       })
       for (const m of ["lower", "Upper", "again", "Also"]) yield* feed.send(text(m))
-      assert.deepStrictEqual(yield* take(upper, 2).pipe(within("application filter")), ["Upper", "Also"])
+      assert.deepStrictEqual(yield* takeText(upper, 2).pipe(within("application filter")), ["Upper", "Also"])
       const unknownKind = yield* Effect.exit(
         Fanout.subscribe(connection, { flow: "news", scope: "acme", filter: Fanout.application(0x90) })
       )
@@ -190,8 +173,8 @@ describe("Fanout", () => {
       const inOther = yield* Fanout.subscribe(connection, { flow: "prices", scope: "other" })
       yield* acme.send(text("a"))
       yield* other.send(text("o"))
-      assert.deepStrictEqual(yield* take(inAcme, 1).pipe(within("acme")), ["a"])
-      assert.deepStrictEqual(yield* take(inOther, 1).pipe(within("other")), ["o"])
+      assert.deepStrictEqual(yield* takeText(inAcme, 1).pipe(within("acme")), ["a"])
+      assert.deepStrictEqual(yield* takeText(inOther, 1).pipe(within("other")), ["o"])
     }))
 
   it.live("LINK on channel 0 subscribes; a second LINK is ALREADY_LINKED; after UNLINK, UNLINK and FILTER are NOT_LINKED", () =>
@@ -204,7 +187,7 @@ describe("Fanout", () => {
       yield* connection.link(zero, p)
       assert.isDefined(zero.fanout)
       yield* feed.send(text("on channel 0"))
-      assert.deepStrictEqual(yield* take(zero, 1).pipe(within("linked channel 0")), ["on channel 0"])
+      assert.deepStrictEqual(yield* takeText(zero, 1).pipe(within("linked channel 0")), ["on channel 0"])
       assert.strictEqual(failureCode(yield* Effect.exit(connection.link(zero, p))), Code.ALREADY_LINKED)
       yield* connection.unlink(zero)
       assert.isUndefined(zero.fanout)
@@ -225,8 +208,8 @@ describe("Fanout", () => {
           const a = yield* Fanout.subscribe(connection, { flow: "prices", scope: "acme" })
           const b = yield* Fanout.subscribe(connection, { flow: "prices", scope: "acme" })
           yield* feed.send(text("one"))
-          yield* take(a, 1)
-          yield* take(b, 1)
+          yield* takeText(a, 1)
+          yield* takeText(b, 1)
           return yield* edge.stats
         })
       )
@@ -238,7 +221,7 @@ describe("Fanout", () => {
       yield* until(gateway.stats, (s) => s.consumers === 0).pipe(within("gateway lets go of the edge"))
       const again = yield* Fanout.subscribe(connection, { flow: "prices", scope: "acme" })
       yield* feed.send(text("two"))
-      assert.deepStrictEqual(yield* take(again, 1).pipe(within("resubscribed")), ["two"])
+      assert.deepStrictEqual(yield* takeText(again, 1).pipe(within("resubscribed")), ["two"])
       assert.strictEqual((yield* edge.stats).upstreamOpened, 2)
     }))
 
@@ -251,7 +234,7 @@ describe("Fanout", () => {
       const fastConnection = yield* client("client")
       const fast = yield* Fanout.subscribe(fastConnection, { flow: "prices", scope: "acme" })
       const total = 300
-      const reader = yield* Effect.forkChild(take(fast, total))
+      const reader = yield* Effect.forkChild(takeText(fast, total))
       for (let i = 0; i < total; i++) yield* feed.send(text(`m${i}`))
       const got = yield* Fiber.join(reader).pipe(within("the fast consumer gets everything"))
       assert.strictEqual(got.length, total)
@@ -280,7 +263,7 @@ describe("Fanout", () => {
         { concurrency: "unbounded" }
       )
       yield* feed.send(text("together"))
-      for (const channel of channels) assert.deepStrictEqual(yield* take(channel, 1).pipe(within("each gets it")), ["together"])
+      for (const channel of channels) assert.deepStrictEqual(yield* takeText(channel, 1).pipe(within("each gets it")), ["together"])
       assert.strictEqual((yield* edge.stats).upstreamOpened, 1)
     }))
 
@@ -297,7 +280,7 @@ describe("Fanout", () => {
       yield* until(Effect.sync(() => seen.length), (n) => n === 1).pipe(within("the application sees it"))
       assert.deepStrictEqual(seen, ["hello, node"])
       yield* publisher.publish(text("tick"))
-      assert.deepStrictEqual(yield* take(channel, 1).pipe(within("the flow still arrives")), ["tick"])
+      assert.deepStrictEqual(yield* takeText(channel, 1).pipe(within("the flow still arrives")), ["tick"])
       assert.strictEqual((yield* gateway.stats).messagesIn, 1)
     }))
 
@@ -318,7 +301,7 @@ describe("Fanout", () => {
       yield* until(edge.stats, (s) => s.upstreamChannels === 0 && s.consumers === 0).pipe(within("edge lets go"))
       const again = yield* Fanout.subscribe(connection, { flow: "prices", scope: "acme" })
       yield* publisher.publish(text("calm again"))
-      assert.deepStrictEqual(yield* take(again, 1).pipe(within("resubscribed")), ["calm again"])
+      assert.deepStrictEqual(yield* takeText(again, 1).pipe(within("resubscribed")), ["calm again"])
       assert.strictEqual((yield* edge.stats).upstreamOpened, 2)
     }))
 
@@ -331,7 +314,7 @@ describe("Fanout", () => {
       const publisher = yield* gateway.publish("local", "acme")
       const channel = yield* Fanout.subscribe(consumer, { flow: "local", scope: "acme" })
       yield* publisher.publishAll([text("a"), text("b")])
-      assert.deepStrictEqual(yield* take(channel, 2).pipe(within("local publisher")), ["a", "b"])
+      assert.deepStrictEqual(yield* takeText(channel, 2).pipe(within("local publisher")), ["a", "b"])
     }))
 
   it.live("fanout that was not negotiated is refused with EXTENSION_NOT_NEGOTIATED", () =>

@@ -7,7 +7,6 @@
  * tamper with) what the edge writes.
  */
 import { assert, describe, it } from "@effect/vitest"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
@@ -17,30 +16,18 @@ import * as Fanout from "../src/Fanout.ts"
 import * as F from "../src/internal/channelFrames.ts"
 import * as Memory from "../src/Memory.ts"
 import * as MessageTransport from "../src/MessageTransport.ts"
-import { failureCode, pullUntilFailure, until } from "./fixtures/ChannelFailures.ts"
+import { failureCode, pullUntilFailure, takeText, until } from "./fixtures/ChannelFailures.ts"
+import { within } from "./fixtures/Within.ts"
 
 const text = (s: string) => new TextEncoder().encode(s)
 const str = (b: Uint8Array) => new TextDecoder().decode(b)
 const { Code } = ChannelError
-
-const within = (step: string, millis = 5_000) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.timeoutOrElse(effect, {
-    duration: Duration.millis(millis),
-    orElse: () => Effect.die(new Error(`deadline exceeded: ${step} (${millis} ms)`))
-  })
 
 const KEYS = new Map([
   [1, Uint8Array.from({ length: 32 }, (_, i) => i + 1)],
   [2, Uint8Array.from({ length: 16 }, (_, i) => 0xa0 + i)]
 ])
 const both = ["fanout", "encryption"] as const
-
-const take = (channel: Channels.Channel, n: number) =>
-  Effect.gen(function*() {
-    const out: Array<string> = []
-    while (out.length < n) for (const m of yield* channel.pull) out.push(str(m))
-    return out
-  })
 
 /** What one side writes, in order (copies), and an optional rewrite of each message. */
 interface Tap {
@@ -137,7 +124,7 @@ describe("Fanout with encryption", () => {
       const messages = 40
       const payload = "secret-".repeat(20)
       for (let i = 0; i < messages; i++) yield* feed.send(text(`${i}:${payload}`))
-      const received = yield* Effect.forEach(consumers, (ch) => take(ch, messages), { concurrency: "unbounded" }).pipe(
+      const received = yield* Effect.forEach(consumers, (ch) => takeText(ch, messages), { concurrency: "unbounded" }).pipe(
         within("every consumer gets the feed")
       )
       for (const list of received) {
@@ -177,7 +164,7 @@ describe("Fanout with encryption", () => {
       const messages = ["EUR 1", "USD 2", "CHF 3"]
       for (const m of messages) yield* feed.send(text(m))
       for (const channel of [plain, sealed, linked]) {
-        assert.deepStrictEqual(yield* take(channel, 3).pipe(within("each consumer gets the flow")), messages)
+        assert.deepStrictEqual(yield* takeText(channel, 3).pipe(within("each consumer gets the flow")), messages)
       }
       // On the wire to the first connection: plaintext on the plain channel, sealed on the other.
       const onWire = (channel: Channels.Channel) => a.tap.sent.filter((m) => F.channelIdOf(m) === channel.id)
@@ -198,7 +185,7 @@ describe("Fanout with encryption", () => {
         encryption: { keyId: 2 }
       })
       for (const m of ["EUR 1", "USD 2", "EUR 3"]) yield* feed.send(text(m))
-      assert.deepStrictEqual(yield* take(eur, 2).pipe(within("filtered")), ["EUR 1", "EUR 3"])
+      assert.deepStrictEqual(yield* takeText(eur, 2).pipe(within("filtered")), ["EUR 1", "EUR 3"])
     }))
 
   it.live("a tampered message on one consumer's channel fails that consumer only", () =>
@@ -223,12 +210,12 @@ describe("Fanout with encryption", () => {
       const failed = yield* pullUntilFailure(victim).pipe(within("the victim fails"))
       assert.deepStrictEqual(failed.got, messages.slice(0, 2))
       assert.strictEqual(failed.error.reason._tag, "DecryptFailed")
-      assert.deepStrictEqual(yield* take(neighbour, 6).pipe(within("the neighbour")), messages)
-      assert.deepStrictEqual(yield* take(elsewhere, 6).pipe(within("another connection")), messages)
+      assert.deepStrictEqual(yield* takeText(neighbour, 6).pipe(within("the neighbour")), messages)
+      assert.deepStrictEqual(yield* takeText(elsewhere, 6).pipe(within("another connection")), messages)
       yield* until(edge.stats, (s) => s.consumers === 2).pipe(within("the edge drops the victim"))
       yield* feed.send(text("after"))
-      assert.deepStrictEqual(yield* take(neighbour, 1).pipe(within("the flow goes on")), ["after"])
-      assert.deepStrictEqual(yield* take(elsewhere, 1).pipe(within("the flow goes on elsewhere")), ["after"])
+      assert.deepStrictEqual(yield* takeText(neighbour, 1).pipe(within("the flow goes on")), ["after"])
+      assert.deepStrictEqual(yield* takeText(elsewhere, 1).pipe(within("the flow goes on elsewhere")), ["after"])
       assert.strictEqual((yield* edge.stats).upstreamChannels, 1)
     }))
 
@@ -261,7 +248,7 @@ describe("Fanout with encryption", () => {
       for (const m of ["one", "two", "poison"]) yield* feed.send(text(m))
       const outcomes = yield* Effect.forEach(
         [first, second],
-        (channel) => Effect.exit(take(channel, 3)).pipe(within("each consumer settles")),
+        (channel) => Effect.exit(takeText(channel, 3)).pipe(within("each consumer settles")),
         { concurrency: "unbounded" }
       )
       assert.strictEqual(refused, 1)
@@ -273,7 +260,7 @@ describe("Fanout with encryption", () => {
       assert.isTrue(Exit.isSuccess(ok))
       if (Exit.isSuccess(ok)) assert.deepStrictEqual(ok.value, ["one", "two", "poison"])
       yield* feed.send(text("four"))
-      assert.deepStrictEqual(yield* take(survivor, 1).pipe(within("the survivor goes on")), ["four"])
+      assert.deepStrictEqual(yield* takeText(survivor, 1).pipe(within("the survivor goes on")), ["four"])
       yield* connection.ping.pipe(within("the connection is alive"))
     }))
 
@@ -341,7 +328,7 @@ describe("Fanout: a change takes effect at its acknowledgement", () => {
         assert.isAtLeast(before, 1)
         assert.isBelow(before, sent.length)
         const expected = [...sent.slice(0, before), ...sent.slice(before).filter((m) => m.startsWith("A"))]
-        const got = yield* take(channel, expected.length).pipe(within("the consumer reads on"))
+        const got = yield* takeText(channel, expected.length).pipe(within("the consumer reads on"))
         assert.deepStrictEqual(got, expected)
         const after = aroundControl(tap.sent, channel.id, "FilterAck").after
         assert.strictEqual(after.length, expected.length - before)
@@ -363,7 +350,7 @@ describe("Fanout: a change takes effect at its acknowledgement", () => {
       assert.isTrue(wire.found)
       const before = wire.before.length
       assert.isBelow(before, 100)
-      const got = yield* take(channel, before).pipe(within("what went before the UNLINK_ACK"))
+      const got = yield* takeText(channel, before).pipe(within("what went before the UNLINK_ACK"))
       assert.strictEqual(got.length, before)
       // Two answers queued in order with data: the first carries our credit out, the second follows
       // whatever that credit let the edge send.
@@ -397,7 +384,7 @@ describe("Fanout: a change takes effect at its acknowledgement", () => {
         concurrency: "unbounded"
       })
       for (const { connection } of connections) {
-        yield* take(connection.defaultChannel, 3).pipe(within("the flow arrives"))
+        yield* takeText(connection.defaultChannel, 3).pipe(within("the flow arrives"))
       }
       running = false
       yield* Fiber.join(pacer)
