@@ -25,6 +25,7 @@ import * as FiberSet from "effect/FiberSet"
 import * as Scope from "effect/Scope"
 import { ChannelCloseEvent, ChannelErrorEvent, ChannelSocket, control, type Host } from "./ChannelSocket.ts"
 import { type CloseInfo, failureInfo } from "./internal/closeInfo.ts"
+import { HandlerProperties } from "./internal/handlerProperties.ts"
 import * as Negotiation from "./Negotiation.ts"
 import * as Ws from "./Ws.ts"
 
@@ -132,7 +133,7 @@ export class ChannelClient extends EventTarget {
   #host: Host
   #live = new Set<ChannelSocket>()
   #readyState = OPEN
-  #handlers = new Map<string, Handler<Event>>()
+  readonly #handlers = new HandlerProperties(this)
   #closing: Promise<void> | undefined = undefined
 
   /** @internal */
@@ -162,22 +163,22 @@ export class ChannelClient extends EventTarget {
   }
 
   get onchannel(): Handler<ChannelEvent> {
-    return (this.#handlers.get("channel") ?? null) as Handler<ChannelEvent>
+    return this.#handlers.get<Handler<ChannelEvent>>("channel")
   }
   set onchannel(f: Handler<ChannelEvent>) {
-    this.#setHandler("channel", f as Handler<Event>)
+    this.#handlers.set("channel", f)
   }
   get onerror(): Handler<ChannelErrorEvent> {
-    return (this.#handlers.get("error") ?? null) as Handler<ChannelErrorEvent>
+    return this.#handlers.get<Handler<ChannelErrorEvent>>("error")
   }
   set onerror(f: Handler<ChannelErrorEvent>) {
-    this.#setHandler("error", f as Handler<Event>)
+    this.#handlers.set("error", f)
   }
   get onclose(): Handler<ChannelCloseEvent> {
-    return (this.#handlers.get("close") ?? null) as Handler<ChannelCloseEvent>
+    return this.#handlers.get<Handler<ChannelCloseEvent>>("close")
   }
   set onclose(f: Handler<ChannelCloseEvent>) {
-    this.#setHandler("close", f as Handler<Event>)
+    this.#handlers.set("close", f)
   }
 
   /**
@@ -237,16 +238,6 @@ export class ChannelClient extends EventTarget {
   }
 
   // ---------------------------------------------------------------- internals
-
-  #setHandler(type: string, f: Handler<Event>): void {
-    if (!this.#handlers.has(type)) {
-      this.addEventListener(type, (event) => {
-        const current = this.#handlers.get(type)
-        if (typeof current === "function") current.call(this, event)
-      })
-    }
-    this.#handlers.set(type, typeof f === "function" ? f : null)
-  }
 
   #adopt(channel: Channels.Channel, scope: Scope.Closeable | undefined): ChannelSocket {
     const socket = new ChannelSocket(this.#host, channel.label, true)

@@ -23,6 +23,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import { clipReason, type CloseInfo, failureInfo, gracefulInfo, MAX_REASON_BYTES } from "./internal/closeInfo.ts"
+import { HandlerProperties } from "./internal/handlerProperties.ts"
 
 /**
  * A `close` event: WebSocket's `CloseEvent` fields, plus the channel code
@@ -176,7 +177,7 @@ export class ChannelSocket extends EventTarget {
   #drained: Array<() => void> = []
   /** Why a send failed the channel, reported by its error event. */
   #sendFailure: unknown = undefined
-  #handlers = new Map<string, Handler<Event>>()
+  readonly #handlers = new HandlerProperties(this)
 
   /** @internal */
   constructor(host: Host, label: string, open: boolean) {
@@ -227,28 +228,28 @@ export class ChannelSocket extends EventTarget {
   }
 
   get onopen(): Handler<Event> {
-    return this.#handler("open")
+    return this.#handlers.get<Handler<Event>>("open")
   }
   set onopen(f: Handler<Event>) {
-    this.#setHandler("open", f)
+    this.#handlers.set("open", f)
   }
   get onmessage(): Handler<MessageEvent> {
-    return this.#handler("message") as Handler<MessageEvent>
+    return this.#handlers.get<Handler<MessageEvent>>("message")
   }
   set onmessage(f: Handler<MessageEvent>) {
-    this.#setHandler("message", f as Handler<Event>)
+    this.#handlers.set("message", f)
   }
   get onerror(): Handler<ChannelErrorEvent> {
-    return this.#handler("error") as Handler<ChannelErrorEvent>
+    return this.#handlers.get<Handler<ChannelErrorEvent>>("error")
   }
   set onerror(f: Handler<ChannelErrorEvent>) {
-    this.#setHandler("error", f as Handler<Event>)
+    this.#handlers.set("error", f)
   }
   get onclose(): Handler<ChannelCloseEvent> {
-    return this.#handler("close") as Handler<ChannelCloseEvent>
+    return this.#handlers.get<Handler<ChannelCloseEvent>>("close")
   }
   set onclose(f: Handler<ChannelCloseEvent>) {
-    this.#setHandler("close", f as Handler<Event>)
+    this.#handlers.set("close", f)
   }
 
   /**
@@ -297,21 +298,6 @@ export class ChannelSocket extends EventTarget {
   }
 
   // ---------------------------------------------------------------- internals
-
-  #handler(type: string): Handler<Event> {
-    return this.#handlers.get(type) ?? null
-  }
-
-  #setHandler(type: string, f: Handler<Event>): void {
-    // As for WebSocket: the handler keeps the place among listeners where it was first set.
-    if (!this.#handlers.has(type)) {
-      this.addEventListener(type, (event) => {
-        const current = this.#handlers.get(type)
-        if (typeof current === "function") current.call(this, event)
-      })
-    }
-    this.#handlers.set(type, typeof f === "function" ? f : null)
-  }
 
   #attach(channel: Channels.Channel, scope: Scope.Closeable | undefined): void {
     this.#channel = channel
