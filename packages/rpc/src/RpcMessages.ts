@@ -31,6 +31,7 @@ import { MessageTransport } from "@plexus/core"
 import { withByteChunks } from "./internal/byteChunks.ts"
 import * as internalClient from "./internal/client.ts"
 import { Outbox } from "./internal/outbox.ts"
+import { resolveLimits } from "./internal/serverLimits.ts"
 import {
   chunkOf,
   Codec,
@@ -688,13 +689,7 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
   Effect.gen(function*() {
     const ser = yield* serialization
     const codec: Codec<FromClientEncoded, FromServerEncoded> = new Codec(ser)
-    const maxRequest = options?.maxRequestBytes ?? 4 * 1024 * 1024
-    const maxCalls = options?.maxConcurrentCalls ?? 10_000
-    const defaultTimeout = options?.defaultTimeout === undefined
-      ? undefined
-      : Duration.toMillis(Duration.fromInputUnsafe(options.defaultTimeout))
-    const maxTimeout = Duration.toMillis(Duration.fromInputUnsafe(options?.maxTimeout ?? "5 minutes"))
-    const drainTimeout = Duration.fromInputUnsafe(options?.drainTimeout ?? "5 seconds")
+    const { deadlineOf, drainTimeout, maxCalls, maxRequest } = resolveLimits(options)
     const timers = yield* FiberSet.make<void>()
     const runTimer = yield* FiberSet.runtime(timers)<never>()
 
@@ -843,9 +838,8 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
           clientIds.add(clientId)
           stats.running++
           stats.started++
-          const requested = timeoutOf(request.headers) ?? defaultTimeout
-          if (requested !== undefined) {
-            const timeout = Math.min(requested, maxTimeout)
+          const timeout = deadlineOf(request.headers)
+          if (timeout !== undefined) {
             call.timer = runTimer(Effect.andThen(
               Effect.sleep(Duration.millis(timeout)),
               Effect.suspend(() => {

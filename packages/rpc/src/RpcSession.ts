@@ -35,6 +35,7 @@ import { MuxStream, Session, type SessionError } from "@plexus/core"
 import { withByteChunks } from "./internal/byteChunks.ts"
 import * as internalClient from "./internal/client.ts"
 import * as FramedStream from "./internal/framedStream.ts"
+import { resolveLimits } from "./internal/serverLimits.ts"
 import {
   Codec,
   CODE_DEADLINE_EXCEEDED,
@@ -474,13 +475,7 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
     const ser = yield* serialization
     const codec: Codec<FromClientEncoded, FromServerEncoded> = new Codec(ser)
     const streamType = options?.streamType ?? STREAM_TYPE
-    const maxRequest = options?.maxRequestBytes ?? 4 * 1024 * 1024
-    const maxCalls = options?.maxConcurrentCalls ?? 10_000
-    const defaultTimeout = options?.defaultTimeout === undefined
-      ? undefined
-      : Duration.toMillis(Duration.fromInputUnsafe(options.defaultTimeout))
-    const maxTimeout = Duration.toMillis(Duration.fromInputUnsafe(options?.maxTimeout ?? "5 minutes"))
-    const drainTimeout = Duration.fromInputUnsafe(options?.drainTimeout ?? "5 seconds")
+    const { deadlineOf, drainTimeout, maxCalls, maxRequest } = resolveLimits(options)
 
     const disconnects = yield* Queue.make<number>()
     const calls = new Map<number, Call>()
@@ -606,8 +601,7 @@ export const makeServer = (options?: ServerOptions): Effect.Effect<Server, never
         clientIds.add(clientId)
         stats.running++
         stats.started++
-        const requested = timeoutOf(request.headers) ?? defaultTimeout
-        const timeout = requested === undefined ? undefined : Math.min(requested, maxTimeout)
+        const timeout = deadlineOf(request.headers)
 
         // The request is all the client sends: the server neither waits for
         // its FIN (a client may send it only after the Exit) nor reads what
