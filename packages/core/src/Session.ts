@@ -426,31 +426,35 @@ export const make = (
     // engine copies the DATA it keeps. Otherwise chunks are pulled, and
     // kept as they are.
     const borrowed = Transport.borrowedReads(socket)
-    const readBorrowed = (chunk: Uint8Array): void => {
-      if (engine.failure !== undefined) return
-      decoder.push(chunk)
+    /** After each read: wake the streams' readers, update the metrics. */
+    const afterRead = (): void => {
       engine.flushReadWakes()
       report()
       reportStreams()
     }
-    const pullLoop = (reader: Socket.Reader): Effect.Effect<never, Socket.SocketError> =>
-      Effect.flatMap(reader.pull, (chunks) => {
+    let readLoop: Effect.Effect<never, Socket.SocketError>
+    if (borrowed !== undefined) {
+      engine.copyInput = true
+      readLoop = Scope.provide(
+        borrowed.readBorrowed((chunk) => {
+          if (engine.failure !== undefined) return
+          decoder.push(chunk)
+          afterRead()
+        }),
+        scope
+      )
+    } else {
+      const reader = yield* socket.reader
+      const pullLoop: Effect.Effect<never, Socket.SocketError> = Effect.flatMap(reader.pull, (chunks) => {
         for (let i = 0; i < chunks.length; i++) {
           const chunk = chunks[i]
           decoder.push(typeof chunk === "string" ? Transport.encodeText(chunk) : chunk)
           if (engine.failure !== undefined) break
         }
-        engine.flushReadWakes()
-        report()
-        reportStreams()
-        return pullLoop(reader)
+        afterRead()
+        return pullLoop
       })
-    let readLoop: Effect.Effect<never, Socket.SocketError>
-    if (borrowed !== undefined) {
-      engine.copyInput = true
-      readLoop = Scope.provide(borrowed.readBorrowed(readBorrowed), scope)
-    } else {
-      readLoop = pullLoop(yield* socket.reader)
+      readLoop = pullLoop
     }
     const writeScope = yield* Scope.fork(scope)
     const writer = yield* Scope.provide(socket.writer, writeScope)

@@ -387,15 +387,11 @@ class Connection {
         )
       }))
 
+  /** Reads go to the chunk list again, paused at the high-water mark as ever. */
   stopBorrowing(onChunk: (chunk: Uint8Array) => void): void {
     if (this.borrower !== onChunk) return
     this.borrower = undefined
     this.borrowEnd = undefined
-    // Nobody reads now: let the high-water mark apply again.
-    if (!this.paused && this.buffered >= this.highWaterMark) {
-      this.paused = true
-      this.conn.pause()
-    }
   }
 
   closeReader(handle: ReaderHandle): void {
