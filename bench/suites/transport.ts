@@ -99,6 +99,12 @@ const contest = async (options: RunOptions, impl: string, dial: Dial): Promise<C
   }
 }
 
+/** The sender of both plexus rows: `Tcp.dial`. */
+const plexusDial = async (): Promise<Dial> => {
+  const { Tcp } = await import("@plexus/transport-tcp")
+  return (port) => Tcp.dial({ host: HOST, port, noDelay: true })
+}
+
 const row = (
   name: string,
   description: string,
@@ -120,19 +126,13 @@ export const suite: Suite = {
       "tcp-1GiB",
       "1 GiB one way in 64 KiB writes, @plexus/transport-tcp at both ends",
       "plexus",
-      async () => {
-        const { Tcp } = await import("@plexus/transport-tcp")
-        return (port) => Tcp.dial({ host: HOST, port, noDelay: true })
-      }
+      plexusDial
     ),
     row(
       "tcp-1GiB-borrowed",
       "1 GiB one way in 64 KiB writes, @plexus/transport-tcp at both ends, the receiver reading borrowed (one reused buffer)",
       "plexus-borrowed",
-      async () => {
-        const { Tcp } = await import("@plexus/transport-tcp")
-        return (port) => Tcp.dial({ host: HOST, port, noDelay: true })
-      }
+      plexusDial
     ),
     row(
       "tcp-1GiB-platform-node",
