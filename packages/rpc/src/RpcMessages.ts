@@ -47,8 +47,7 @@ import {
   KIND_GOAWAY,
   KIND_PROBE,
   KIND_REFUSED,
-  KIND_UNKNOWN,
-  timeoutOf
+  KIND_UNKNOWN
 } from "./internal/wire.ts"
 import {
   ConnectionLost,
@@ -382,7 +381,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
     // A call's fiber waits in one callback from its request to its answer:
     // interrupted there (the caller gave up, or its deadline passed), it
     // tells the server.
-    const attempt: internalClient.Attempt = (request, deliver) =>
+    const attempt: internalClient.Attempt = (request, deliver, timeout) =>
       Effect.callback<void, RpcTransportError>((resume) => {
         let bytes: Uint8Array
         try {
@@ -402,7 +401,7 @@ const makeLink = <E>(transport: MessageTransport.MessageTransport<E>, ctx: LinkC
           key: idKey(request.id),
           requestId: request.id,
           deliver,
-          timeout: timeoutOf(request.headers),
+          timeout,
           waker: resume,
           queue: undefined,
           finished: false,
@@ -551,11 +550,11 @@ export const makeClient = <E>(
 
     // Each run (a retry among them) takes the carrier current then; the usual
     // case, a carrier at hand, costs no step of its own.
-    const attempt: internalClient.Attempt = (request, deliver) =>
+    const attempt: internalClient.Attempt = (request, deliver, timeout) =>
       Effect.suspend(() =>
         current !== undefined
-          ? current.link.attempt(request, deliver)
-          : Effect.flatMap(get, (link) => link.attempt(request, deliver))
+          ? current.link.attempt(request, deliver, timeout)
+          : Effect.flatMap(get, (link) => link.attempt(request, deliver, timeout))
       )
     const owner = (requestId: string | number): Link | undefined => {
       const key = idKey(requestId)

@@ -48,8 +48,7 @@ import {
   KIND_DEADLINE,
   KIND_DEFECT,
   KIND_ENVELOPE,
-  KIND_REFUSED,
-  timeoutOf
+  KIND_REFUSED
 } from "./internal/wire.ts"
 import {
   ConnectionLost,
@@ -246,7 +245,7 @@ export const makeClientProtocol = (
     // read at once, so no call leaves anything in the parser for another.
     const codec: Codec<FromServerEncoded, FromClientEncoded> = new Codec(ser)
 
-    const attempt: internalClient.Attempt = (request, deliver) =>
+    const attempt: internalClient.Attempt = (request, deliver, timeout) =>
       Effect.scoped(Effect.gen(function*() {
         const bytes = codec.encode(request)
         if (bytes.length > maxRequest) {
@@ -254,7 +253,6 @@ export const makeClientProtocol = (
             new RpcTransportError({ reason: new MessageTooLarge({ size: bytes.length, max: maxRequest }), retryable: true })
           )
         }
-        const timeout = timeoutOf(request.headers)
         const session = yield* sessions.get
         const stream = yield* session.open({ type: session.codec === "yamux" ? 0 : streamType, urgency }).pipe(
           Effect.mapError((error) => {

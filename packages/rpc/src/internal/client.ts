@@ -33,7 +33,9 @@ export interface ClientOptions {
 /** One attempt of a call on a carrier. */
 export type Attempt = (
   request: RequestEncoded,
-  deliver: (message: FromServerEncoded) => Effect.Effect<void>
+  deliver: (message: FromServerEncoded) => Effect.Effect<void>,
+  /** The call's deadline in milliseconds (its `plexus-timeout` header), if it carries one. */
+  timeout: number | undefined
 ) => Effect.Effect<void, RpcTransportError>
 
 /** What a carrier gives the shared client. */
@@ -96,7 +98,7 @@ export const makeProtocol = (
           if (message._tag === "Chunk") delivered = true
           return writeResponse(clientId, message)
         }
-        const once = carrier.attempt(request, deliver)
+        const once = carrier.attempt(request, deliver, timeout)
         const bounded = timeout === undefined ? once : Effect.timeoutOrElse(once, {
           duration: Duration.millis(timeout + grace),
           orElse: () =>
